@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AipConfig(AppConfig):
+    name = "aip"
+    verbose_name = "AIP backup and restore"

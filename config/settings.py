@@ -1,0 +1,131 @@
+"""Settings for the AIP backup application.
+
+Every value that differs between installations comes from the environment, with
+a default that runs on one machine with no services: an SQLite file under
+``var/`` and bitstreams on the local disk.
+"""
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-development-key-set-DJANGO_SECRET_KEY")
+DEBUG = os.environ.get("DJANGO_DEBUG", "false").lower() == "true"
+ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if host]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "repository",
+    "aip",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The embedded default is an SQLite file; production and the test suite use
+# PostgreSQL through DATABASE_URL (postgres://user@host:port/name).
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=0,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # A restore is one long transaction, so writers wait for each other instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 60
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# Bitstream files live in the "bitstreams" storage: the local disk by default,
+# any django-storages backend (S3-compatible object storage, for one) by settings.
+BITSTREAM_ROOT = Path(os.environ.get("BITSTREAM_ROOT", VAR_DIR / "assetstore"))
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(VAR_DIR / "media")},
+    },
+    "bitstreams": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(BITSTREAM_ROOT)},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Jobs go to Redis when REDIS_URL is set; without it they run in the calling process.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+RQ_QUEUES = {
+    "default": {
+        "URL": REDIS_URL or "redis://127.0.0.1:6379/0",
+        "DEFAULT_TIMEOUT": 24 * 3600,
+        "ASYNC": bool(REDIS_URL),
+    },
+}
+
+# Handle prefix of this installation; the site's own handle is "<prefix>/0".
+HANDLE_PREFIX = os.environ.get("HANDLE_PREFIX", "123456789")
+# Base URL of the repository's web interface, written into PREMIS object identifiers
+# and the SITE AIP. It must stay the same between two exports that should be identical.
+SITE_URL = os.environ.get("SITE_URL", "http://localhost:8000")
+SITE_NAME = os.environ.get("SITE_NAME", "DSpace-compatible repository")
+
+# Folder of local copies of the METS, MODS, PREMIS and METSRights schemas used to
+# validate manifests. Unset means validation is not available.
+AIP_SCHEMA_DIR = os.environ.get("AIP_SCHEMA_DIR", "")
+
+# Whether an item whose submitter is unknown creates that EPerson on ingest (DSpace's
+# mets.dspaceAIP.ingest.createSubmitter).
+AIP_CREATE_SUBMITTER = os.environ.get("AIP_CREATE_SUBMITTER", "false").lower() == "true"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "aip": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "WARNING")},
+        "repository": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "WARNING")},
+    },
+}
