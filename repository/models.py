@@ -238,9 +238,14 @@ class MetadataField(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["schema", "element", "qualifier"],
-                name="unique_metadata_field",
-                nulls_distinct=False,
-            )
+                condition=Q(qualifier__isnull=False),
+                name="unique_qualified_metadata_field",
+            ),
+            models.UniqueConstraint(
+                fields=["schema", "element"],
+                condition=Q(qualifier__isnull=True),
+                name="unique_unqualified_metadata_field",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,37 @@
+# Development tasks. `make test` needs PostgreSQL on 127.0.0.1:5432 unless DATABASE_URL
+# names another PostgreSQL database. `make demo` leaves DATABASE_URL as it is.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+# Written after a successful install, so pip runs again only when a requirements file changes.
+VENV_STAMP := $(VENV)/.installed
+
+# Database of `make test` when DATABASE_URL is unset or empty. pytest-django creates
+# and drops its own test database ("test_" and this name) on the same server.
+TEST_DATABASE_URL := postgres://postgres@127.0.0.1:5432/aip_backup
+
+# AIP_SAMPLES_DIR (DSpace sample AIPs) and AIP_SCHEMA_DIR (XML schemas) reach pytest
+# unchanged, because make exports variables from the environment and the command line.
+# Tests that need either folder skip when it is unset.
+
+# Extra pytest arguments, for example: make test PYTEST_ARGS="tests/repository -x"
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test clean
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): $(wildcard requirements/*.txt)
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install -r requirements/test.txt
+	touch $@
+
+demo: venv
+	$(VENV_PYTHON) manage.py aip_demo
+
+test: venv
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/demo

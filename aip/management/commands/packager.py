@@ -1,0 +1,108 @@
+"""``manage.py packager``: export and ingest AIPs with DSpace's packager flags."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from aip import selectors
+from aip.errors import AipError
+from aip.options import export_options, ingest_options, parse_option_pairs
+from aip.services.export import object_export
+from aip.services.ingest import IngestReport, package_ingest
+from repository.models import EPerson
+
+
+class Command(BaseCommand):
+    help = (
+        "Export (-d) or ingest (-s submit, -r restore, -r -k keep existing, -r -f replace) DSpace AIPs: "
+        "one METS zip per site, community, collection or item. With -a, an export writes every descendant "
+        "into the folder of FILE, named <TYPE>@<handle with dashes>.zip, and an ingest follows the child "
+        "packages that FILE lists. An ingest run is one transaction: on any error nothing is written. "
+        "AIPs do not carry in-progress submissions, workflow items or usage statistics."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", help="Package file to write (-d) or to read.")
+        parser.add_argument("-t", "--type", default="AIP", help="Package type; only AIP is supported.")
+        parser.add_argument("-e", "--eperson", required=True, help="Email of the EPerson doing the work.")
+        parser.add_argument("-d", "--disseminate", action="store_true", help="Export instead of ingest.")
+        parser.add_argument("-i", "--identifier", help="Handle of the object to export, or to replace with -r -f.")
+        parser.add_argument("-a", "--all", action="store_true", help="Include all descendants (recursive).")
+        parser.add_argument("-s", "--submit", action="store_true", help="Submit: new handles, parent from -p (default).")
+        parser.add_argument("-r", "--restore", action="store_true", help="Restore handles and parents from the AIP.")
+        parser.add_argument("-k", "--keep-existing", action="store_true", help="With -r: skip objects that exist.")
+        parser.add_argument("-f", "--force-replace", action="store_true", help="With -r: replace objects that exist.")
+        parser.add_argument("-p", "--parent", action="append", default=[], help="Handle of the parent for ingest.")
+        parser.add_argument(
+            "-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="Packager option; repeatable."
+        )
+        parser.add_argument("-u", "--no-user-interaction", action="store_true", help="Never prompt.")
+
+    def handle(self, *args, **options) -> None:
+        self.verbosity = options["verbosity"]
+        try:
+            self._check_common(options)
+            if options["disseminate"]:
+                self._export(options)
+            else:
+                self._ingest(options)
+        except AipError as error:
+            raise CommandError(str(error)) from error
+
+    def _check_common(self, options: dict) -> None:
+        if options["type"].upper() != "AIP":
+            raise CommandError(f"Package type {options['type']!r} is not supported; use -t AIP.")
+        if not EPerson.objects.filter(email__iexact=options["eperson"]).exists():
+            raise CommandError(
+                f"EPerson {options['eperson']!r} not found. Create one with "
+                "'python manage.py create_administrator --email EMAIL --password PASSWORD'."
+            )
+
+    def _export(self, options: dict) -> None:
+        if options["restore"] or options["submit"] or options["keep_existing"] or options["force_replace"]:
+            raise CommandError("-d (export) cannot be combined with -s, -r, -k or -f.")
+        if not options["identifier"]:
+            raise CommandError("Export needs the handle of the object to export: -i HANDLE.")
+        export = export_options(parse_option_pairs(options["option"]), recursive=options["all"])
+        obj = selectors.object_by_handle_or_error(options["identifier"])
+        path = Path(options["file"]).resolve()
+        result = object_export(obj=obj, path=path, options=export, progress=self._progress_printer())
+        self.stdout.write(
+            f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
+            f"in {result.seconds:.1f} s into {path.parent}"
+        )
+
+    def _progress_printer(self):
+        if self.verbosity < 2 and not sys.stdout.isatty():
+            return None
+        return lambda path: self.stdout.write(f"  wrote {path.name}")
+
+    def _ingest(self, options: dict) -> None:
+        if options["restore"] and options["submit"]:
+            raise CommandError("-s (submit) and -r (restore) cannot be combined; choose one.")
+        if (options["keep_existing"] or options["force_replace"]) and not options["restore"]:
+            raise CommandError("-k and -f only apply to restore mode; add -r.")
+        ingest = ingest_options(
+            parse_option_pairs(options["option"]),
+            restore=options["restore"],
+            keep_existing=options["keep_existing"],
+            replace=options["force_replace"],
+            recursive=options["all"],
+        )
+        parent = options["parent"][0] if options["parent"] else None
+        report = package_ingest(
+            path=Path(options["file"]).resolve(),
+            options=ingest,
+            parent_handle=parent,
+            replace_handle=options["identifier"],
+            eperson_email=options["eperson"],
+        )
+        self._print_report(report)
+
+    def _print_report(self, report: IngestReport) -> None:
+        for warning in report.warnings:
+            self.stderr.write(f"WARNING: {warning}")
+        for line in report.lines():
+            self.stdout.write(line)

@@ -1,0 +1,91 @@
+"""Packager options (``-o name=value``): names, defaults and validation.
+
+The names and defaults are DSpace's, so scripts written for ``dspace packager``
+keep working. Unknown names and bad values raise ``InvalidOptionError``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aip.errors import InvalidOptionError
+
+INGEST_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields", "dmd"}
+EXPORT_OPTIONS: set[str] = set()
+BOOLEAN_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields"}
+
+
+def parse_option_pairs(pairs: list[str]) -> dict[str, str]:
+    """Split ``name=value`` strings into a dict, rejecting malformed or repeated names."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise InvalidOptionError(f"Option {pair!r} is not of the form name=value (for example -o ignoreHandle=false).")
+        if name in options:
+            raise InvalidOptionError(f"Option {name!r} is given twice; give it once.")
+        options[name] = value.strip()
+    return options
+
+
+def _check_names(options: dict[str, str], allowed: set[str], side: str) -> None:
+    for name in options:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidOptionError(f"Unknown {side} option {name!r}. Known {side} options: {known}.")
+
+
+def _boolean(options: dict[str, str], name: str, default: bool) -> bool:
+    if name not in options:
+        return default
+    value = options[name].lower()
+    if value not in ("true", "false"):
+        raise InvalidOptionError(f"Option {name} must be true or false, not {options[name]!r}.")
+    return value == "true"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How an ingest run treats handles, parents, metadata fields and dmdSecs."""
+
+    restore: bool = True
+    keep_existing: bool = False
+    replace: bool = False
+    recursive: bool = False
+    ignore_handle: bool = False
+    ignore_parent: bool = False
+    skip_if_parent_missing: bool = False
+    create_metadata_fields: bool = True
+    preferred_dmd: str | None = None
+
+
+def ingest_options(
+    raw: dict[str, str], *, restore: bool, keep_existing: bool = False, replace: bool = False, recursive: bool = False
+) -> IngestOptions:
+    """Return validated ingest options; submit mode defaults ignoreHandle and ignoreParent to true."""
+    _check_names(raw, INGEST_OPTIONS, "ingest")
+    if keep_existing and replace:
+        raise InvalidOptionError("-k (keep existing) and -f (force replace) cannot be combined; choose one.")
+    dmd = raw.get("dmd") or None
+    return IngestOptions(
+        restore=restore,
+        keep_existing=keep_existing,
+        replace=replace,
+        recursive=recursive,
+        ignore_handle=_boolean(raw, "ignoreHandle", not restore),
+        ignore_parent=_boolean(raw, "ignoreParent", not restore),
+        skip_if_parent_missing=_boolean(raw, "skipIfParentMissing", False),
+        create_metadata_fields=_boolean(raw, "createMetadataFields", True),
+        preferred_dmd=dmd,
+    )
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    recursive: bool = False
+    include_passwords: bool = False
+
+
+def export_options(raw: dict[str, str], *, recursive: bool) -> ExportOptions:
+    _check_names(raw, EXPORT_OPTIONS, "export")
+    return ExportOptions(recursive=recursive)

@@ -1,0 +1,148 @@
+"""Write and open AIP zip files.
+
+A package is written to a temporary file beside its final name and renamed into
+place only when complete, so no truncated package ever carries a final name.
+Every zip field that could vary between runs is fixed (entry order, times,
+"made by" system, permissions, compression level, comment), so an unchanged
+object always produces the same bytes on the same zlib version.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from aip.errors import InvalidPackageError, UnsafePackageError
+
+MANIFEST_NAME = "mets.xml"
+ZIP_COMMENT = b"METS archive created by aip-backup (DSpace AIP format)"
+# Entry time of packages of objects without a last-modified date; DSpace 7+ uses the same.
+CONTAINER_ENTRY_TIME = (2002, 11, 4, 0, 0, 0)
+COMPRESS_LEVEL = 6
+CHUNK_SIZE = 1024 * 1024
+# Entries at least this large get ZIP64 headers from the start, as their final size is not known in advance.
+ZIP64_THRESHOLD = 2**31
+
+
+@dataclass
+class PackageEntry:
+    name: str
+    size: int
+    open: Callable[[], BinaryIO]
+
+
+def entry_time(last_modified: datetime | None) -> tuple[int, int, int, int, int, int]:
+    """Return the zip entry time: the item's last-modified time in UTC, else a constant."""
+    if last_modified is None:
+        return CONTAINER_ENTRY_TIME
+    moment = last_modified.astimezone(timezone.utc)
+    if moment.year < 1980:
+        return (1980, 1, 1, 0, 0, 0)
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+def _zip_info(name: str, date_time) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=date_time)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 0
+    info.external_attr = 0
+    return info
+
+
+def write_package(path: Path, *, manifest: bytes, entries: Iterable[PackageEntry], last_modified: datetime | None) -> None:
+    """Write a package with ``mets.xml`` first, then each entry streamed in chunks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    date_time = entry_time(last_modified)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w", compresslevel=COMPRESS_LEVEL) as archive:
+            archive.comment = ZIP_COMMENT
+            archive.writestr(_zip_info(MANIFEST_NAME, date_time), manifest)
+            for entry in entries:
+                with entry.open() as source, archive.open(
+                    _zip_info(entry.name, date_time), "w", force_zip64=entry.size >= ZIP64_THRESHOLD
+                ) as target:
+                    _copy(source, target)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> None:
+    while chunk := source.read(CHUNK_SIZE):
+        target.write(chunk)
+
+
+class PackageReader:
+    """An open AIP zip: its manifest bytes and streaming access to its entries."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except FileNotFoundError:
+            raise InvalidPackageError(f"Package {path} does not exist. Check the file name.") from None
+        except (zipfile.BadZipFile, OSError) as error:
+            raise InvalidPackageError(f"Package {path} is not a readable zip file ({error}).") from None
+        self._entries = self._index_entries()
+
+    def _index_entries(self) -> dict[str, zipfile.ZipInfo]:
+        entries: dict[str, zipfile.ZipInfo] = {}
+        for info in self._zip.infolist():
+            name = info.filename
+            if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+                raise UnsafePackageError(f"Package {self.path} has an entry outside the package: {name!r}.")
+            if name in entries:
+                raise UnsafePackageError(f"Package {self.path} has two entries named {name!r}.")
+            entries[name] = info
+        return entries
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> PackageReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def manifest_bytes(self) -> bytes:
+        if MANIFEST_NAME not in self._entries:
+            raise InvalidPackageError(f"Package {self.path} has no {MANIFEST_NAME}; it is not a METS AIP.")
+        return self._zip.read(MANIFEST_NAME)
+
+    def entry_size(self, name: str) -> int:
+        return self._entry(name).file_size
+
+    def _entry(self, name: str) -> zipfile.ZipInfo:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise InvalidPackageError(
+                f"Package {self.path} names the file {name!r} in its manifest, but the zip has no such entry."
+            ) from None
+
+    def open_entry(self, name: str) -> BinaryIO:
+        return self._zip.open(self._entry(name))
+
+    def read_entry(self, name: str) -> bytes:
+        with self.open_entry(name) as stream:
+            return stream.read()
+
+
+def md5_of(stream: BinaryIO) -> tuple[str, int]:
+    """Return the MD5 hex digest and the size of everything left in ``stream``."""
+    digest = hashlib.md5()
+    size = 0
+    while chunk := stream.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size

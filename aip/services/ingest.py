@@ -1,0 +1,222 @@
+"""Ingest AIPs: submit, restore, keep existing and replace.
+
+A run walks the package tree depth first (a package, then each child's subtree
+in the order its parent lists them) inside one database transaction. Any error
+rolls the transaction back and deletes every file the run stored, so a failed
+run leaves the database and the bitstream storage as they were. Files of
+replaced bitstreams are deleted only after the transaction commits.
+
+Per package: read and check the manifest, resolve the parent and the handle,
+create the object (or find the one to replace), then apply DSPACE-ROLES,
+metadata, AIP-TECHMD, files and METSRights, in the order DSpace's ingester does.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import transaction
+
+from aip import selectors
+from aip.errors import InvalidPackageError, MissingParentError, ObjectExistsError, UnsafePackageError
+from aip.mets.reader import read_manifest
+from aip.options import IngestOptions
+from aip.package import PackageReader
+from aip.services.bitstream_ingest import StoredFiles
+from aip.services.handles import handle_assign
+from aip.services.object_ingest import ObjectIngester
+from repository.models import Collection, Community, EPerson, Item, Site
+
+logger = logging.getLogger(__name__)
+
+PARENT_TYPES = {"COMMUNITY": (Site, Community), "COLLECTION": (Community,), "ITEM": (Collection,)}
+
+
+@dataclass
+class IngestReport:
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    files_stored: int = 0
+    bytes_stored: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        lines = [f"Created {entry}" for entry in self.created]
+        lines += [f"Replaced {entry}" for entry in self.replaced]
+        lines += [f"Skipped {entry}" for entry in self.skipped]
+        lines += self.roles
+        lines.append(
+            f"{len(self.created)} created, {len(self.replaced)} replaced, {len(self.skipped)} skipped; "
+            f"{self.files_stored} files ({self.bytes_stored} bytes) stored in {self.seconds:.1f} s"
+        )
+        return lines
+
+
+@dataclass
+class _Pending:
+    path: Path
+    parent_handle: str | None  # explicit parent (-p), top package only
+    listed_by: Collection | None  # collection whose AIP listed this package
+    is_top: bool
+
+
+def package_ingest(
+    *,
+    path: Path,
+    options: IngestOptions,
+    eperson_email: str,
+    parent_handle: str | None = None,
+    replace_handle: str | None = None,
+) -> IngestReport:
+    """Ingest the package at ``path`` (and with ``options.recursive`` its descendants) in one transaction."""
+    started = time.monotonic()
+    report = IngestReport()
+    stored = StoredFiles()
+    try:
+        with transaction.atomic():
+            current_user = EPerson.objects.get(email__iexact=eperson_email)
+            run = _IngestRun(options=options, report=report, stored=stored, current_user=current_user)
+            run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle)
+            report.roles = run.objects.roles.changes
+    except BaseException:
+        stored.delete_all()
+        raise
+    report.files_stored = len(stored.names)
+    report.bytes_stored = stored.bytes
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _IngestRun:
+    def __init__(self, *, options: IngestOptions, report: IngestReport, stored: StoredFiles, current_user: EPerson):
+        self.options = options
+        self.report = report
+        self.objects = ObjectIngester(
+            options=options, stored=stored, current_user=current_user, warn=self.warn
+        )
+        self.done: dict[Path, object] = {}
+
+    def warn(self, message: str) -> None:
+        logger.warning("%s", message)
+        self.report.warnings.append(message)
+
+    def walk(self, top: Path, *, parent_handle: str | None, replace_handle: str | None) -> None:
+        stack = [_Pending(path=top, parent_handle=parent_handle, listed_by=None, is_top=True)]
+        while stack:
+            pending = stack.pop()
+            if pending.path in self.done:
+                # A package listed again (an item mapped into several collections) is ingested once.
+                self._map_into(self.done[pending.path], pending.listed_by)
+                continue
+            result = self._ingest_path(pending, replace_handle if pending.is_top else None)
+            self.done[pending.path] = result.obj
+            self._map_into(result.obj, pending.listed_by)
+            if self.options.recursive and result.follow_children:
+                listed_by = result.obj if isinstance(result.obj, Collection) else None
+                for href in reversed(result.children):
+                    child_path = _child_path(pending.path, href)
+                    stack.append(_Pending(path=child_path, parent_handle=None, listed_by=listed_by, is_top=False))
+
+    def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
+        if not pending.is_top and not pending.path.exists():
+            message = f"Child package {pending.path.name} is missing from {pending.path.parent}."
+            if not self.options.skip_if_parent_missing:
+                raise InvalidPackageError(message + " Add it, or run with -o skipIfParentMissing=true to skip it.")
+            self.warn(message + " Skipped.")
+            return _Result(obj=None, children=[], follow_children=False)
+        with PackageReader(pending.path) as reader:
+            manifest = read_manifest(reader.manifest_bytes(), source=pending.path.name)
+            return self._ingest_manifest(reader, manifest, pending, replace_handle)
+
+    def _ingest_manifest(self, reader, manifest, pending: _Pending, replace_handle: str | None) -> _Result:
+        source = pending.path.name
+        children = [child.href for child in manifest.children if child.href]
+        if manifest.object_type == "SITE":
+            site = self.objects.site_ingest(reader, manifest, source=source)
+            self.report.replaced.append(f"SITE {site.handle_string}")
+            return _Result(obj=site, children=children, follow_children=True)
+
+        parent = self._resolve_parent(manifest, pending.parent_handle, source=source)
+        if parent is None:
+            return _Result(obj=None, children=[], follow_children=False)
+        existing = self._existing_object(manifest, replace_handle, source=source)
+        label = f"{manifest.object_type} {manifest.handle or manifest.uuid}"
+        if existing is not None:
+            if self.options.keep_existing:
+                self.report.skipped.append(f"{label} (exists; its children are skipped too)")
+                return _Result(obj=existing, children=[], follow_children=False)
+            obj = self.objects.replace(existing, reader, manifest, source=source)
+            self.report.replaced.append(label)
+            return _Result(obj=obj, children=children, follow_children=True)
+
+        handle = handle_assign(manifest.handle if not self.options.ignore_handle else None, manifest.object_type)
+        obj = self.objects.create(reader, manifest, parent=parent, handle=handle, source=source)
+        self.report.created.append(f"{manifest.object_type} {obj.handle_string}")
+        return _Result(obj=obj, children=children, follow_children=True)
+
+    def _resolve_parent(self, manifest, explicit: str | None, *, source: str):
+        handle = manifest.parent_handle
+        if explicit and (self.options.ignore_parent or not handle):
+            handle = explicit
+        if not handle:
+            raise InvalidPackageError(f"Package {source} names no parent; give one with -p HANDLE.")
+        parent = selectors.object_by_handle(handle)
+        if parent is None:
+            message = f"Could not find a parent DSpaceObject referenced as '{handle}' (package {source})."
+            if self.options.skip_if_parent_missing:
+                self.warn(message + " Skipped.")
+                return None
+            raise MissingParentError(
+                message + " Restore the parent first, give another with -p and -o ignoreParent=true, "
+                "or run with -o skipIfParentMissing=true."
+            )
+        if not isinstance(parent, PARENT_TYPES[manifest.object_type]):
+            raise InvalidPackageError(
+                f"Package {source}: a {manifest.object_type} cannot be placed under {parent.object_type} {handle}."
+            )
+        return parent
+
+    def _existing_object(self, manifest, replace_handle: str | None, *, source: str):
+        """Return the object this package would overwrite, or raise in plain restore mode."""
+        if not self.options.restore:
+            return None
+        handle = replace_handle if (replace_handle and self.options.replace) else manifest.handle
+        existing = selectors.object_by_handle(handle) if handle and not self.options.ignore_handle else None
+        if existing is None and manifest.uuid:
+            existing = self.objects.by_uuid(manifest.object_type, manifest.uuid)
+        if existing is None:
+            return None
+        if existing.object_type != manifest.object_type:
+            raise InvalidPackageError(
+                f"Package {source} is a {manifest.object_type}, but {handle} is a {existing.object_type}."
+            )
+        if not (self.options.keep_existing or self.options.replace):
+            raise ObjectExistsError(
+                f"{manifest.object_type} {existing.handle_string or existing.uuid} from package {source} already "
+                "exists; nothing was restored. Use -r -k to skip existing objects or -r -f to replace them."
+            )
+        return existing
+
+    def _map_into(self, obj, collection: Collection | None) -> None:
+        if isinstance(obj, Item) and collection is not None and obj.owning_collection_id != collection.pk:
+            obj.mapped_collections.add(collection)
+
+
+@dataclass
+class _Result:
+    obj: object
+    children: list[str]
+    follow_children: bool
+
+
+def _child_path(parent_path: Path, href: str) -> Path:
+    """Resolve a child package reference inside the folder of its parent package."""
+    name = Path(href)
+    if name.is_absolute() or ".." in name.parts or len(name.parts) != 1:
+        raise UnsafePackageError(f"Package {parent_path.name} references a child outside its folder: {href!r}.")
+    return parent_path.parent / name

@@ -1,0 +1,335 @@
+"""Describe one repository object as a ``PackageManifest`` for the METS writer.
+
+Each ``*_manifest`` function reads one object with its relations in a fixed
+number of queries and returns the manifest plus the bitstreams whose files go
+into the package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import Prefetch
+
+from aip import selectors
+from aip.mets.model import (
+    AdminMetadata,
+    BundleRecord,
+    ChildReference,
+    DescriptiveMetadata,
+    DimValue,
+    FileRecord,
+    PackageManifest,
+    PremisRecord,
+)
+from aip.mets.writer import derivative_group_id
+from aip.services import roles
+from repository.models import Bitstream, Bundle, Collection, Community, Item, MetadataValue, ResourcePolicy, Site
+
+# Container fields DSpace writes, in its order: (AIP element, AIP qualifier) -> stored field.
+# dc.identifier.uri is written from the handle and never stored.
+COLLECTION_FIELDS = [
+    (("description", None), ("description", None)),
+    (("description", "abstract"), ("description", "abstract")),
+    (("description", "tableofcontents"), ("description", "tableofcontents")),
+    (("identifier", "uri"), None),
+    (("provenance", None), ("description", "provenance")),
+    (("rights", None), ("rights", None)),
+    (("rights", "license"), ("rights", "license")),
+    (("title", None), ("title", None)),
+]
+COMMUNITY_FIELDS = [entry for entry in COLLECTION_FIELDS if entry[0] not in (("provenance", None), ("rights", "license"))]
+
+SUPPORT_LEVEL_WORDS = {0: "UNKNOWN", 1: "KNOWN", 2: "SUPPORTED"}
+LICENSE_BUNDLE = "LICENSE"
+CC_LICENSE_BUNDLE = "CC-LICENSE"
+
+
+@dataclass
+class PackageContent:
+    manifest: PackageManifest
+    files: list[tuple[str, Bitstream]] = field(default_factory=list)  # zip entry name, bitstream
+    premis_urls: dict[str, str] = field(default_factory=dict)
+
+
+def dim_value(value: MetadataValue) -> DimValue:
+    return DimValue(
+        schema=value.field.schema.short_id,
+        element=value.field.element,
+        qualifier=value.field.qualifier,
+        value=value.value,
+        language=value.language,
+        authority=value.authority,
+        confidence=value.confidence if value.authority else None,
+    )
+
+
+def _metadata(obj) -> list[MetadataValue]:
+    return list(obj.metadata.select_related("field__schema").order_by("place", "id"))
+
+
+def _policies(obj) -> list:
+    return roles.policy_records(obj.policies.select_related("group", "eperson"))
+
+
+def _container_dim(obj, fields) -> list[DimValue]:
+    """Return the fixed DIM fields of a community or collection: the first value of each, or empty."""
+    first_values: dict[tuple[str, str | None], str] = {}
+    for value in _metadata(obj):
+        if value.field.schema.short_id == "dc":
+            first_values.setdefault((value.field.element, value.field.qualifier), value.value)
+    values = []
+    for (element, qualifier), stored in fields:
+        text = f"hdl:{obj.handle_string}" if stored is None else first_values.get(stored, "")
+        values.append(DimValue(schema="dc", element=element, qualifier=qualifier, value=text or ""))
+    return values
+
+
+def bitstream_entry_name(bitstream: Bitstream) -> str:
+    """Return the zip entry name of a bitstream: ``bitstream_<uuid>[.<first format extension>]``."""
+    extensions = bitstream.format.extensions if bitstream.format else []
+    return f"bitstream_{bitstream.uuid}" + (f".{extensions[0]}" if extensions else "")
+
+
+def _premis_url(bitstream: Bitstream) -> str:
+    return f"{settings.SITE_URL.rstrip('/')}/bitstreams/{bitstream.uuid}/download"
+
+
+def _bitstream_techmd(bitstream: Bitstream) -> list[DimValue]:
+    fmt = bitstream.format
+    candidates = [
+        ("title", None, bitstream.name),
+        ("title", "alternative", bitstream.source),
+        ("description", None, bitstream.description),
+        ("format", None, bitstream.user_format_description),
+        ("format", "medium", fmt.short_description if fmt else ""),
+        ("format", "mimetype", fmt.mimetype if fmt else ""),
+        ("format", "supportlevel", SUPPORT_LEVEL_WORDS.get(fmt.support_level, "UNKNOWN") if fmt else ""),
+        ("format", "internal", ("true" if fmt.internal else "false") if fmt else ""),
+    ]
+    return [
+        DimValue(schema="dc", element=element, qualifier=qualifier, value=text)
+        for element, qualifier, text in candidates
+        if text
+    ]
+
+
+def _file_record(bitstream: Bitstream, entry_name: str, policies) -> FileRecord:
+    file_id = f"bitstream_{bitstream.uuid}"
+    mimetype = bitstream.format.mimetype if bitstream.format else "application/octet-stream"
+    premis = PremisRecord(
+        original_name=bitstream.name or None,
+        size=bitstream.size_bytes,
+        digest_algorithm=bitstream.checksum_algorithm if bitstream.checksum else None,
+        digest=bitstream.checksum or None,
+        format_name=mimetype,
+    )
+    return FileRecord(
+        id=file_id,
+        href=entry_name,
+        mimetype=mimetype,
+        sequence_id=bitstream.sequence_id,
+        size=bitstream.size_bytes,
+        checksum=bitstream.checksum or None,
+        checksum_type=bitstream.checksum_algorithm if bitstream.checksum else None,
+        admin=AdminMetadata(policies=roles.policy_records(policies), premis=premis, techmd_dim=_bitstream_techmd(bitstream)),
+    )
+
+
+def _logo_record(logo: Bitstream | None, content: PackageContent) -> FileRecord | None:
+    if logo is None:
+        return None
+    entry_name = bitstream_entry_name(logo)
+    content.files.append((entry_name, logo))
+    return FileRecord(
+        id=f"bitstream_{logo.uuid}",
+        href=entry_name,
+        mimetype=logo.format.mimetype if logo.format else "application/octet-stream",
+        size=logo.size_bytes,
+        checksum=logo.checksum or None,
+        checksum_type=logo.checksum_algorithm if logo.checksum else None,
+    )
+
+
+def _children(obj) -> list[ChildReference]:
+    return [
+        ChildReference(object_type=child.object_type, href=selectors.package_file_name(child), handle=child.handle_string)
+        for child in selectors.children_of(obj)
+    ]
+
+
+def _techmd(pairs: list[tuple[str, str | None, str]]) -> list[DimValue]:
+    return [DimValue(schema="dc", element=e, qualifier=q, value=v) for e, q, v in pairs if v]
+
+
+def site_manifest(site: Site, *, include_passwords: bool = False) -> PackageContent:
+    handle = selectors.site_handle()
+    identifiers = [("identifier", "uri", f"hdl:{handle}"), ("identifier", "uri", settings.SITE_URL)]
+    dim = _techmd(identifiers + [("title", None, site.name)])
+    policies = _policies(site)
+    admin = AdminMetadata(
+        techmd_dim=_techmd(identifiers),
+        roles=roles.site_roles(include_passwords=include_passwords),
+        policies=policies or None,
+    )
+    manifest = _container_manifest(site, "SITE", handle, dim, admin, parent=None)
+    return PackageContent(manifest=manifest)
+
+
+def community_manifest(community: Community) -> PackageContent:
+    content = PackageContent(manifest=None)  # type: ignore[arg-type]
+    parent = selectors.parent_handle_of(community)
+    admin = AdminMetadata(
+        techmd_dim=_techmd([("identifier", "uri", f"hdl:{community.handle_string}"), ("relation", "isPartOf", f"hdl:{parent}")]),
+        roles=roles.container_roles(community),
+        policies=_policies(community),
+    )
+    dim = _container_dim(community, COMMUNITY_FIELDS)
+    content.manifest = _container_manifest(community, "COMMUNITY", community.handle_string, dim, admin, parent=parent)
+    content.manifest.logo = _logo_record(community.logo, content)
+    return content
+
+
+def collection_manifest(collection: Collection) -> PackageContent:
+    content = PackageContent(manifest=None)  # type: ignore[arg-type]
+    parent = selectors.parent_handle_of(collection)
+    techmd = [("identifier", "uri", f"hdl:{collection.handle_string}")]
+    if parent:
+        techmd.append(("relation", "isPartOf", f"hdl:{parent}"))
+    for other in collection.other_communities.select_related("handle").order_by("handle__handle"):
+        techmd.append(("relation", "isReferencedBy", f"hdl:{other.handle_string}"))
+    admin = AdminMetadata(
+        techmd_dim=_techmd(techmd), roles=roles.container_roles(collection), policies=_policies(collection)
+    )
+    dim = _container_dim(collection, COLLECTION_FIELDS)
+    content.manifest = _container_manifest(collection, "COLLECTION", collection.handle_string, dim, admin, parent=parent)
+    content.manifest.logo = _logo_record(collection.logo, content)
+    if collection.template_item_id:
+        template_dim = [dim_value(value) for value in _metadata(collection.template_item)]
+        content.manifest.template_descriptive = [DescriptiveMetadata(md_type="DIM", dim=template_dim)]
+    return content
+
+
+def _container_manifest(obj, object_type, handle, dim, admin, *, parent) -> PackageManifest:
+    return PackageManifest(
+        object_type=object_type,
+        handle=handle,
+        uuid=str(obj.uuid),
+        profile="",
+        last_modified=None,
+        parent_handle=parent,
+        descriptive=[DescriptiveMetadata(md_type="DIM", dim=dim)],
+        admin=admin,
+        bundles=[],
+        primary_file_id=None,
+        logo=None,
+        children=_children(obj),
+        template_descriptive=None,
+    )
+
+
+def _item_with_relations(item: Item) -> Item:
+    bitstreams = Bitstream.objects.select_related("format").prefetch_related(
+        Prefetch("policies", queryset=ResourcePolicy.objects.select_related("group", "eperson"))
+    )
+    bundles = Bundle.objects.order_by("position", "id").prefetch_related(
+        Prefetch("bitstreams", queryset=bitstreams.order_by("position", "id")),
+        Prefetch("policies", queryset=ResourcePolicy.objects.select_related("group", "eperson")),
+    )
+    return (
+        Item.objects.select_related("handle", "submitter", "owning_collection__handle")
+        .prefetch_related(Prefetch("bundles", queryset=bundles))
+        .get(pk=item.pk)
+    )
+
+
+def item_manifest(item: Item) -> PackageContent:
+    item = _item_with_relations(item)
+    content = PackageContent(manifest=None)  # type: ignore[arg-type]
+    bundles, primary_file_id = _item_bundles(item, content)
+
+    admin = AdminMetadata(techmd_dim=_item_techmd(item), policies=_policies(item))
+    admin.license_hrefs = _license_hrefs(bundles)
+    content.manifest = PackageManifest(
+        object_type="ITEM",
+        handle=item.handle_string,
+        uuid=str(item.uuid),
+        profile="",
+        last_modified=item.last_modified,
+        parent_handle=selectors.parent_handle_of(item),
+        descriptive=[DescriptiveMetadata(md_type="DIM", dim=[dim_value(v) for v in _metadata(item)])],
+        admin=admin,
+        bundles=bundles,
+        primary_file_id=primary_file_id,
+        logo=None,
+        children=[],
+        template_descriptive=None,
+    )
+    return content
+
+
+def _item_techmd(item: Item) -> list[DimValue]:
+    pairs = [
+        ("creator", None, item.submitter.email if item.submitter and item.submitter.email else ""),
+        ("identifier", "uri", f"hdl:{item.handle_string}" if item.handle_string else ""),
+        (
+            "relation",
+            "isPartOf",
+            f"hdl:{item.owning_collection.handle_string}" if item.owning_collection_id else "",
+        ),
+    ]
+    for mapped in item.mapped_collections.select_related("handle").order_by("handle__handle"):
+        if mapped.pk != item.owning_collection_id and mapped.handle_string:
+            pairs.append(("relation", "isReferencedBy", f"hdl:{mapped.handle_string}"))
+    if item.withdrawn:
+        pairs.append(("rights", "accessRights", "WITHDRAWN"))
+    return _techmd(pairs)
+
+
+def _item_bundles(item: Item, content: PackageContent) -> tuple[list[BundleRecord], str | None]:
+    records = []
+    primary_file_id = None
+    original_ids_by_name: dict[str, str] = {}
+    for bundle in item.bundles.all():
+        record = BundleRecord(name=bundle.name, admin=AdminMetadata(policies=roles.policy_records(bundle.policies.all())))
+        for bitstream in bundle.bitstreams.all():
+            entry_name = bitstream_entry_name(bitstream)
+            file_record = _file_record(bitstream, entry_name, bitstream.policies.all())
+            content.files.append((entry_name, bitstream))
+            content.premis_urls[file_record.id] = _premis_url(bitstream)
+            record.files.append(file_record)
+            if bundle.name == "ORIGINAL":
+                original_ids_by_name[bitstream.name] = file_record.id
+                if bundle.primary_bitstream_id == bitstream.id:
+                    primary_file_id = file_record.id
+        records.append(record)
+    for record in records:
+        for file_record in record.files:
+            file_record.group_id = derivative_group_id(record, file_record, original_ids_by_name)
+    return records, primary_file_id
+
+
+def _license_hrefs(bundles: list[BundleRecord]) -> dict[str, str]:
+    """Return the licence sections of an item: references to files already in the package."""
+    hrefs: dict[str, str] = {}
+    for bundle in bundles:
+        if bundle.name == LICENSE_BUNDLE and bundle.files:
+            hrefs["DSpaceDepositLicense"] = bundle.files[0].href
+        if bundle.name == CC_LICENSE_BUNDLE:
+            for record in bundle.files:
+                name = record.admin.premis.original_name if record.admin.premis else None
+                if name == "license_rdf":
+                    hrefs["CreativeCommonsRDF"] = record.href
+                elif name == "license_text":
+                    hrefs["CreativeCommonsText"] = record.href
+    return hrefs
+
+
+def manifest_for(obj, *, include_passwords: bool = False) -> PackageContent:
+    if isinstance(obj, Site):
+        return site_manifest(obj, include_passwords=include_passwords)
+    if isinstance(obj, Community):
+        return community_manifest(obj)
+    if isinstance(obj, Collection):
+        return collection_manifest(obj)
+    return item_manifest(obj)

@@ -1,0 +1,238 @@
+"""Create or replace one site, community, collection or item from its manifest."""
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from aip import selectors
+from aip.mets.model import DimValue, FileRecord, PackageManifest
+from aip.mets.reader import choose_descriptive, mods_to_dim
+from aip.options import IngestOptions
+from aip.package import PackageReader
+from aip.services import bitstream_ingest
+from aip.services.bitstream_ingest import FormatRegistry, StoredFiles
+from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, values_replace
+from aip.services.roles_ingest import RolesIngester, free_uuid, policies_replace
+from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Item, Site, bitstream_storage
+
+MODELS = {"COMMUNITY": Community, "COLLECTION": Collection, "ITEM": Item}
+# fileGrp USE values that older packagers wrote for DSpace's bundle names.
+BUNDLE_ALIASES = {"CONTENT": "ORIGINAL", "MANIFESTMD": "METADATA"}
+
+
+class ObjectIngester:
+    """Per-run state shared by every package: registries, stored files, the current user."""
+
+    def __init__(self, *, options: IngestOptions, stored: StoredFiles, current_user: EPerson, warn: Callable):
+        self.options = options
+        self.stored = stored
+        self.current_user = current_user
+        self.warn = warn
+        self.fields = FieldRegistry(create_missing=options.create_metadata_fields)
+        self.formats = FormatRegistry()
+        mode = "replace" if options.replace else "keep" if options.keep_existing else "restore"
+        self.roles = RolesIngester(
+            current_user=current_user, mode=mode, resolve_handle=selectors.object_by_handle, warn=warn
+        )
+
+    def by_uuid(self, object_type: str, text: str):
+        try:
+            value = uuid_module.UUID(text)
+        except ValueError:
+            return None
+        return MODELS[object_type].objects.filter(uuid=value).select_related("handle").first()
+
+    def _new_uuid(self, model, manifest_uuid: str | None) -> uuid_module.UUID:
+        """Keep the package's UUID on restore when it is free; submit always mints a new one."""
+        kept = free_uuid(model, manifest_uuid) if self.options.restore else None
+        return kept or uuid_module.uuid4()
+
+    # Creation
+
+    def create(self, reader: PackageReader, manifest: PackageManifest, *, parent, handle, source: str):
+        model = MODELS[manifest.object_type]
+        obj = model(uuid=self._new_uuid(model, manifest.uuid), handle=handle)
+        if isinstance(obj, Community):
+            obj.parent = parent if isinstance(parent, Community) else None
+        elif isinstance(obj, Collection):
+            obj.community = parent
+        else:
+            obj.owning_collection = parent
+            obj.in_archive = True
+            obj.last_modified = manifest.last_modified if self.options.restore and manifest.last_modified else timezone.now()
+        obj.save()
+        self._fill(obj, reader, manifest, source=source)
+        return obj
+
+    def replace(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str):
+        """Empty ``obj`` of everything a package carries, keeping its handle, UUID and parent, then refill it."""
+        if isinstance(obj, Item):
+            for bundle in obj.bundles.all():
+                self._delete_bitstreams(bundle.bitstreams.all())
+            obj.bundles.all().delete()
+            if self.options.restore and manifest.last_modified:
+                obj.last_modified = manifest.last_modified
+        elif obj.logo_id:
+            logo = obj.logo
+            obj.logo = None
+            obj.save(update_fields=["logo"])
+            self._delete_bitstreams([logo])
+        obj.metadata.all().delete()
+        obj.policies.all().delete()
+        self._fill(obj, reader, manifest, source=source)
+        return obj
+
+    def _delete_bitstreams(self, bitstreams) -> None:
+        storage = bitstream_storage()
+        for bitstream in list(bitstreams):
+            if bitstream.file.name:
+                # Deleted only once the run commits, so a failed replace keeps the old files.
+                transaction.on_commit(lambda name=bitstream.file.name: storage.delete(name))
+            bitstream.delete()
+
+    def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
+        """Apply the package's sections in DSpace's order: roles, metadata, technical metadata, files, policies."""
+        if manifest.admin.roles is not None:
+            self.roles.apply(manifest.admin.roles, owner=obj, source=source)
+        values = self._descriptive_values(manifest.descriptive, source=source)
+        if isinstance(obj, Item):
+            self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
+            values_replace(obj, values, self.fields, source=source)
+            obj.name = first_title(values)
+            obj.save()
+            self._item_files(obj, reader, manifest, source=source)
+        else:
+            stored_values = container_values(obj, values)
+            values_replace(obj, stored_values, self.fields, source=source)
+            obj.name = first_title(stored_values)
+            self._logo(obj, reader, manifest.logo, source=source)
+            if isinstance(obj, Collection) and manifest.template_descriptive:
+                self._template(obj, manifest.template_descriptive, source=source)
+            obj.save()
+        if manifest.admin.policies is not None:
+            policies_replace(
+                obj, manifest.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+            )
+
+    def _descriptive_values(self, sections, *, source: str) -> list[DimValue]:
+        chosen = choose_descriptive(sections, self.options.preferred_dmd, source=source)
+        values: list[DimValue] = []
+        for section in chosen:
+            if section.dim is not None:
+                values.extend(section.dim)
+            elif section.mods_xml is not None:
+                values.extend(mods_to_dim(section.mods_xml))
+        return values
+
+    # Items
+
+    def _item_techmd(self, item: Item, values: list[DimValue], *, source: str) -> None:
+        for value in values:
+            key = (value.element, value.qualifier or None)
+            if key == ("creator", None) and value.value:
+                item.submitter = self._submitter(value.value, source=source)
+            elif key == ("relation", "isReferencedBy"):
+                self._map_by_reference(item, value.value, source=source)
+            elif key == ("rights", "accessRights") and value.value.upper() == "WITHDRAWN":
+                item.withdrawn = True
+                item.in_archive = False
+
+    def _submitter(self, email: str, *, source: str) -> EPerson | None:
+        person = EPerson.objects.filter(email__iexact=email).first()
+        if person is None and settings.AIP_CREATE_SUBMITTER:
+            person = EPerson.objects.create(email=email)
+        if person is None:
+            self.warn(
+                f"{source}: submitter {email} is not in this repository; the item is restored without a submitter "
+                "(restore the SITE AIP first, or set AIP_CREATE_SUBMITTER=true to create missing submitters)."
+            )
+        return person
+
+    def _map_by_reference(self, item: Item, reference: str, *, source: str) -> None:
+        handle = reference.removeprefix("hdl:")
+        collection = selectors.object_by_handle(handle)
+        if isinstance(collection, Collection):
+            item.save()
+            item.mapped_collections.add(collection)
+
+    def _item_files(self, item: Item, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
+        for position, record in enumerate(manifest.bundles):
+            bundle = Bundle.objects.create(
+                item=item, name=BUNDLE_ALIASES.get(record.name, record.name), position=position
+            )
+            primary = None
+            for index, file_record in enumerate(record.files):
+                bitstream = self._bitstream(reader, file_record, bundle=bundle, position=index, source=source)
+                if bitstream is not None and file_record.id == manifest.primary_file_id:
+                    primary = bitstream
+            if primary is not None:
+                bundle.primary_bitstream = primary
+                bundle.save(update_fields=["primary_bitstream"])
+            if record.admin.policies is not None:
+                policies_replace(
+                    bundle, record.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+                )
+
+    def _bitstream(self, reader, record: FileRecord, *, bundle, position: int, source: str) -> Bitstream | None:
+        if bitstream_ingest.is_placeholder(reader, record):
+            self.warn(f"{source}: file {record.href} is an empty placeholder for unreadable content; skipped.")
+            return None
+        file_uuid = record.id.removeprefix("bitstream_") if record.id else None
+        bitstream = Bitstream(uuid=self._new_uuid(Bitstream, file_uuid), bundle=bundle, position=position)
+        bitstream_ingest.apply_technical_metadata(bitstream, record, self.formats)
+        bitstream_ingest.store_file(reader, record, bitstream, self.stored, source=source)
+        bitstream.save()
+        if record.admin.policies is not None:
+            policies_replace(
+                bitstream, record.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+            )
+        return bitstream
+
+    # Containers
+
+    def _logo(self, obj, reader: PackageReader, record: FileRecord | None, *, source: str) -> None:
+        if record is None:
+            return
+        logo = Bitstream(uuid=self._new_uuid(Bitstream, record.id.removeprefix("bitstream_")))
+        logo.name = record.href
+        logo.format = self.formats.resolve(short_description=None, mimetype=record.mimetype, file_name=record.href)
+        bitstream_ingest.store_file(reader, record, logo, self.stored, source=source)
+        logo.save()
+        obj.logo = logo
+
+    def _template(self, collection: Collection, sections, *, source: str) -> None:
+        if collection.template_item_id:
+            return
+        template = Item.objects.create(in_archive=False, last_modified=timezone.now())
+        values = self._descriptive_values(sections, source=source)
+        values_replace(template, values, self.fields, source=source)
+        collection.template_item = template
+
+    # Site
+
+    def site_ingest(self, reader: PackageReader, manifest: PackageManifest, *, source: str) -> Site:
+        """Apply a SITE package to this installation's site: name, people, groups and policies."""
+        site = selectors.site_get()
+        if manifest.handle and manifest.handle != site.handle_string:
+            self.warn(
+                f"{source}: the package is the site {manifest.handle}, and this installation is "
+                f"{site.handle_string}; its content is applied to this site."
+            )
+        if manifest.admin.roles is not None:
+            self.roles.apply(manifest.admin.roles, owner=None, is_site=True, source=source)
+        if self.options.keep_existing:
+            return site
+        values = self._descriptive_values(manifest.descriptive, source=source) if manifest.descriptive else []
+        site.name = first_title(values) or site.name
+        kept_uuid = free_uuid(Site, manifest.uuid)
+        if kept_uuid:
+            site.uuid = kept_uuid
+        site.save()
+        if manifest.admin.policies is not None:
+            policies_replace(site, manifest.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn)
+        return site
+

@@ -1,0 +1,199 @@
+"""Create people, groups and resource policies from DSPACE-ROLES and METSRights.
+
+People are matched by email, else netid; groups by their translated name. The
+EPerson running the ingest is never changed and never leaves Administrator.
+"""
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Callable
+
+from aip.errors import AipError, ObjectExistsError
+from aip.mets import namespaces as ns
+from aip.mets.model import GroupRecord, PersonRecord, PolicyRecord, RolesRecord
+from aip.services.roles import group_name_for_import
+from repository.models import Collection, EPerson, Group, ResourcePolicy, object_kwargs
+
+ROLE_FIELDS = {
+    "ADMIN": "admin_group",
+    "SUBMIT": "submitters_group",
+    "WORKFLOW_STEP_1": "workflow_step_1",
+    "WORKFLOW_STEP_2": "workflow_step_2",
+    "WORKFLOW_STEP_3": "workflow_step_3",
+}
+
+
+def free_uuid(model, text: str | None) -> uuid_module.UUID | None:
+    """Return ``text`` as a UUID when it is one and no ``model`` row uses it yet."""
+    try:
+        value = uuid_module.UUID(text or "")
+    except ValueError:
+        return None
+    return None if model.objects.filter(uuid=value).exists() else value
+
+
+class RolesIngester:
+    """Applies DSPACE-ROLES sections for one run and records what it did."""
+
+    def __init__(self, *, current_user: EPerson, mode: str, resolve_handle: Callable, warn: Callable[[str], None]):
+        self.current_user = current_user
+        self.mode = mode  # "restore", "keep" or "replace"
+        self.resolve_handle = resolve_handle
+        self.warn = warn
+        self.changes: list[str] = []
+
+    def apply(self, roles: RolesRecord, *, owner=None, is_site: bool = False, source: str) -> None:
+        for person in roles.people:
+            self._person(person, is_site=is_site)
+        created: dict[str, Group] = {}
+        for record in roles.groups:
+            group = self._group(record, owner=owner, is_site=is_site, source=source)
+            if group is not None:
+                created[record.name] = group
+        for record in roles.groups:
+            if record.name in created:
+                self._member_groups(created[record.name], record)
+
+    def _person(self, record: PersonRecord, *, is_site: bool) -> None:
+        existing = _find_person(record.email, record.netid)
+        if existing is not None:
+            if existing.pk == self.current_user.pk or not (is_site and self.mode == "replace"):
+                self.changes.append(f"EPerson {existing} left unchanged")
+                return
+            _person_fields(existing, record)
+            existing.save()
+            self.changes.append(f"EPerson {existing} updated")
+            return
+        person = EPerson(uuid=free_uuid(EPerson, record.id) or uuid_module.uuid4())
+        _person_fields(person, record)
+        person.save()
+        self.changes.append(f"EPerson {person} created")
+
+    def _group(self, record: GroupRecord, *, owner, is_site: bool, source: str) -> Group | None:
+        name = group_name_for_import(record.name, self.resolve_handle)
+        if name is None:
+            self.warn(f"{source}: group {record.name} skipped because its object is not in this repository yet.")
+            return None
+        group = Group.objects.filter(name=name).first()
+        if group is not None:
+            if self.mode == "keep":
+                self.changes.append(f"Group {record.name} left unchanged")
+                return None
+            if self.mode == "restore" and is_site:
+                raise ObjectExistsError(
+                    f"Group {name} already exists. A site AIP restores into a fresh installation with "
+                    "-r -f (replace mode), or with -r -k to keep existing people and groups."
+                )
+            group.members.clear()
+            group.member_groups.clear()
+            self.changes.append(f"Group {record.name} replaced")
+        else:
+            group = Group.objects.create(name=name, uuid=free_uuid(Group, record.id) or uuid_module.uuid4())
+            self.changes.append(f"Group {record.name} created")
+        self._members(group, record, source=source)
+        if owner is not None and record.type in ROLE_FIELDS:
+            _attach_role(owner, record.type, group)
+        return group
+
+    def _members(self, group: Group, record: GroupRecord, *, source: str) -> None:
+        people = []
+        for email in record.member_emails:
+            person = _find_person(email, email)
+            if person is None:
+                person = EPerson.objects.create(email=email if "@" in email else None, netid=None if "@" in email else email)
+                self.warn(f"{source}: member {email} of group {record.name} was not known and was created without a password.")
+            people.append(person)
+        if group.name == Group.ADMINISTRATOR:
+            people.append(self.current_user)
+        group.members.add(*people)
+
+    def _member_groups(self, group: Group, record: GroupRecord) -> None:
+        for exported_name in record.member_group_names:
+            name = group_name_for_import(exported_name, self.resolve_handle)
+            member = Group.objects.filter(name=name).first() if name else None
+            if member is None:
+                self.warn(f"Group {exported_name}, a member of {record.name}, is not in this repository; skipped.")
+                continue
+            group.member_groups.add(member)
+
+
+def _find_person(email: str | None, netid: str | None) -> EPerson | None:
+    if email:
+        found = EPerson.objects.filter(email__iexact=email).first()
+        if found is not None:
+            return found
+    if netid:
+        return EPerson.objects.filter(netid=netid).first()
+    return None
+
+
+def _person_fields(person: EPerson, record: PersonRecord) -> None:
+    person.email = record.email or None
+    person.netid = record.netid or None
+    person.first_name = record.first_name or ""
+    person.last_name = record.last_name or ""
+    person.language = record.language or ""
+    person.can_log_in = record.can_log_in
+    person.require_certificate = record.require_certificate
+    person.self_registered = record.self_registered
+    # A person whose hash the package does not carry keeps the current password.
+    if record.password_hash:
+        person.password_hash = record.password_hash
+        person.password_digest_algorithm = record.password_digest_algorithm or ""
+        person.password_salt = record.password_salt or ""
+
+
+def _attach_role(owner, role_type: str, group: Group) -> None:
+    field = ROLE_FIELDS[role_type]
+    if field != "admin_group" and not isinstance(owner, Collection):
+        return
+    setattr(owner, field, group)
+    owner.save(update_fields=[field])
+
+
+def policies_replace(obj, records: list[PolicyRecord], *, resolve_handle: Callable, source: str, warn) -> None:
+    """Replace every resource policy of ``obj`` with ``records``.
+
+    A group or person a policy names must exist by now (restore the SITE AIP, or the
+    AIP of the community or collection that owns the group, first).
+    """
+    obj.policies.all().delete()
+    target = object_kwargs(obj)
+    rows = []
+    for record in records:
+        if record.action is None:
+            warn(f"{source}: a policy with unknown permissions on {obj} was skipped.")
+            continue
+        subject = _policy_subject(record, resolve_handle, source=source)
+        rows.append(
+            ResourcePolicy(
+                action=record.action,
+                name=record.name or "",
+                description=record.description or "",
+                start_date=record.start_date,
+                end_date=record.end_date,
+                **subject,
+                **target,
+            )
+        )
+    ResourcePolicy.objects.bulk_create(rows)
+
+
+def _policy_subject(record: PolicyRecord, resolve_handle: Callable, *, source: str) -> dict:
+    if record.context_class == ns.ACADEMIC_USER:
+        person = _find_person(record.eperson_email, record.eperson_email)
+        if person is None:
+            raise AipError(
+                f"{source}: a policy names the EPerson {record.eperson_email}, who is not in this repository. "
+                "Restore the SITE AIP first (it carries every EPerson)."
+            )
+        return {"eperson": person}
+    exported = ns.GROUP_BY_CONTEXTCLASS.get(record.context_class) or record.group_name or ""
+    name = group_name_for_import(exported, resolve_handle)
+    group = Group.objects.filter(name=name).first() if name else None
+    if group is None:
+        raise AipError(
+            f"{source}: a policy names the group {exported!r}, which is not in this repository. Restore the "
+            "SITE AIP, or the AIP of the community or collection that owns the group, first."
+        )
+    return {"group": group}

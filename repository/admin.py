@@ -1,0 +1,262 @@
+"""Admin pages for browsing and searching the content model.
+
+Foreign keys to tables that grow with the repository (items, bitstreams, handles,
+EPeople) use autocomplete or raw id widgets, because a plain select box would load
+every row on each form. Size, checksum and file of a bitstream are read-only here:
+they describe the stored file, and changing them by hand would make fixity checks fail.
+"""
+from __future__ import annotations
+
+from django.contrib import admin
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import models
+
+from .models import (
+    OBJECT_FIELDS,
+    Bitstream,
+    BitstreamFormat,
+    Bundle,
+    Collection,
+    Community,
+    EPerson,
+    Group,
+    Handle,
+    Item,
+    MetadataField,
+    MetadataSchema,
+    MetadataValue,
+    ResourcePolicy,
+    Site,
+)
+
+
+@admin.display(description="handle", ordering="handle__handle")
+def handle_column(obj: models.Model) -> str | None:
+    # Callers add "handle" to list_select_related, so this reads no extra row.
+    return obj.handle.handle if obj.handle_id else None
+
+
+@admin.display(description="object")
+def attached_object_column(obj: MetadataValue | ResourcePolicy) -> str | None:
+    """Name the DSpace object, with its type, that a metadata value or resource policy belongs to."""
+    for name in OBJECT_FIELDS:
+        target = getattr(obj, name)
+        if target is not None:
+            return f"{target._meta.verbose_name}: {target}"
+    return None
+
+
+class MetadataValueInline(admin.TabularInline):
+    model = MetadataValue
+    fields = ("field", "value", "language", "authority", "confidence", "place")
+    autocomplete_fields = ("field",)
+    ordering = ("place", "id")
+    extra = 0
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        # MetadataField.__str__ reads its schema, so joining the schema avoids a query per row.
+        if db_field.name == "field":
+            kwargs["queryset"] = MetadataField.objects.select_related("schema")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("field__schema")
+
+
+class SiteMetadataInline(MetadataValueInline):
+    fk_name = "site"
+
+
+class CommunityMetadataInline(MetadataValueInline):
+    fk_name = "community"
+
+
+class CollectionMetadataInline(MetadataValueInline):
+    fk_name = "collection"
+
+
+class ItemMetadataInline(MetadataValueInline):
+    fk_name = "item"
+
+
+class BundleInline(admin.TabularInline):
+    model = Bundle
+    fields = ("name", "position", "primary_bitstream")
+    raw_id_fields = ("primary_bitstream",)
+    show_change_link = True
+    extra = 0
+
+
+class BitstreamInline(admin.TabularInline):
+    model = Bitstream
+    fk_name = "bundle"
+    fields = ("position", "sequence_id", "name", "format", "size_bytes", "checksum", "checksum_algorithm")
+    readonly_fields = ("size_bytes", "checksum", "checksum_algorithm")
+    autocomplete_fields = ("format",)
+    show_change_link = True
+    extra = 0
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("format")
+
+
+@admin.register(Handle)
+class HandleAdmin(admin.ModelAdmin):
+    list_display = ("handle", "resource_type", "resource")
+    list_filter = ("resource_type", "prefix")
+    search_fields = ("handle",)
+    # The reverse one-to-one relations become LEFT JOINs, so the resource column reads no extra rows.
+    list_select_related = ("site", "community", "collection", "item")
+
+    @admin.display(description="resource")
+    def resource(self, obj: Handle) -> str | None:
+        for name in ("site", "community", "collection", "item"):
+            try:
+                return str(getattr(obj, name))
+            except ObjectDoesNotExist:
+                continue
+        return None
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    list_display = ("name", handle_column, "uuid")
+    list_select_related = ("handle",)
+    search_fields = ("name", "handle__handle")
+    readonly_fields = ("uuid",)
+    autocomplete_fields = ("handle",)
+    inlines = (SiteMetadataInline,)
+
+
+@admin.register(Community)
+class CommunityAdmin(admin.ModelAdmin):
+    list_display = ("name", handle_column, "parent")
+    list_select_related = ("handle", "parent")
+    search_fields = ("name", "handle__handle")
+    readonly_fields = ("uuid",)
+    autocomplete_fields = ("handle", "parent", "logo", "admin_group")
+    inlines = (CommunityMetadataInline,)
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ("name", handle_column, "community")
+    list_select_related = ("handle", "community")
+    search_fields = ("name", "handle__handle")
+    readonly_fields = ("uuid",)
+    autocomplete_fields = (
+        "handle",
+        "community",
+        "other_communities",
+        "logo",
+        "template_item",
+        "admin_group",
+        "submitters_group",
+        "workflow_step_1",
+        "workflow_step_2",
+        "workflow_step_3",
+    )
+    inlines = (CollectionMetadataInline,)
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        handle_column,
+        "owning_collection",
+        "in_archive",
+        "withdrawn",
+        "discoverable",
+        "last_modified",
+    )
+    list_filter = ("in_archive", "withdrawn", "discoverable", "last_modified", "owning_collection")
+    list_select_related = ("handle", "owning_collection")
+    search_fields = ("name", "handle__handle", "=uuid")
+    readonly_fields = ("uuid",)
+    autocomplete_fields = ("handle", "owning_collection", "mapped_collections", "submitter")
+    inlines = (ItemMetadataInline, BundleInline)
+
+
+@admin.register(Bundle)
+class BundleAdmin(admin.ModelAdmin):
+    list_display = ("name", "item", "position")
+    list_filter = ("name",)
+    list_select_related = ("item",)
+    search_fields = ("name", "item__name", "item__handle__handle", "=item__uuid")
+    readonly_fields = ("uuid",)
+    autocomplete_fields = ("item",)
+    raw_id_fields = ("primary_bitstream",)
+    inlines = (BitstreamInline,)
+
+
+@admin.register(Bitstream)
+class BitstreamAdmin(admin.ModelAdmin):
+    list_display = ("name", "size_bytes", "checksum", "format", "sequence_id", "bundle")
+    list_filter = ("format",)
+    list_select_related = ("format", "bundle")
+    search_fields = ("name", "checksum", "=uuid")
+    readonly_fields = ("uuid", "size_bytes", "checksum", "checksum_algorithm", "file")
+    autocomplete_fields = ("bundle", "format")
+
+
+@admin.register(BitstreamFormat)
+class BitstreamFormatAdmin(admin.ModelAdmin):
+    list_display = ("short_description", "mimetype", "support_level", "internal", "extensions")
+    list_filter = ("support_level", "internal")
+    search_fields = ("short_description", "mimetype", "description")
+
+
+@admin.register(MetadataSchema)
+class MetadataSchemaAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "namespace")
+    search_fields = ("short_id", "namespace")
+
+
+@admin.register(MetadataField)
+class MetadataFieldAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "schema", "element", "qualifier", "scope_note")
+    list_filter = ("schema",)
+    search_fields = ("element", "qualifier", "schema__short_id", "scope_note")
+
+    def get_queryset(self, request):
+        # Also used by the autocomplete of the metadata inlines, where __str__ reads the schema.
+        return super().get_queryset(request).select_related("schema")
+
+
+@admin.register(MetadataValue)
+class MetadataValueAdmin(admin.ModelAdmin):
+    list_display = ("field", "value", "language", "place", attached_object_column)
+    list_filter = ("field__schema",)
+    list_select_related = ("field__schema", *OBJECT_FIELDS)
+    search_fields = ("value", "field__element", "field__qualifier", "authority")
+    autocomplete_fields = ("field",)
+    raw_id_fields = OBJECT_FIELDS
+
+
+@admin.register(EPerson)
+class EPersonAdmin(admin.ModelAdmin):
+    list_display = ("email", "first_name", "last_name", "netid", "can_log_in", "user")
+    list_filter = ("can_log_in", "self_registered", "require_certificate")
+    list_select_related = ("user",)
+    search_fields = ("email", "first_name", "last_name", "netid")
+    # The DSpace password hash and salt must not be shown or edited in a form.
+    exclude = ("password_hash", "password_digest_algorithm", "password_salt")
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Group)
+class GroupAdmin(admin.ModelAdmin):
+    list_display = ("name", "uuid")
+    search_fields = ("name",)
+    filter_horizontal = ("members", "member_groups")
+
+
+@admin.register(ResourcePolicy)
+class ResourcePolicyAdmin(admin.ModelAdmin):
+    list_display = ("action", "group", "eperson", attached_object_column, "start_date", "end_date", "policy_type")
+    list_filter = ("action", "policy_type")
+    list_select_related = ("group", "eperson", *OBJECT_FIELDS)
+    search_fields = ("name", "group__name", "eperson__email")
+    autocomplete_fields = ("group", "eperson")
+    raw_id_fields = OBJECT_FIELDS
