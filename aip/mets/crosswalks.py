@@ -16,7 +16,6 @@ from aip.mets.model import DimValue, PolicyRecord, PremisRecord, RolesRecord
 # Characters XML 1.0 does not allow; DSpace drops them from metadata values as well.
 _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
-POLICY_DESCRIPTION_CONSTRAINT = "DSpace policy description"
 MODS_SCHEMA_URL = "http://www.loc.gov/standards/mods/v3/mods-3-1.xsd"
 
 
@@ -161,7 +160,7 @@ def _add_rights_context(root: etree._Element, policy: PolicyRecord) -> None:
     _element(context, tag("Permissions"), ns.PERMISSIONS_BY_ACTION.get(policy.action, {}))
     if policy.description:
         constraints = _element(
-            context, tag("Constraints"), {"CONSTRAINTTYPE": "OTHER", "OTHERCONSTRAINTTYPE": POLICY_DESCRIPTION_CONSTRAINT}
+            context, tag("Constraints"), {"CONSTRAINTTYPE": "OTHER", "OTHERCONSTRAINTTYPE": ns.POLICY_DESCRIPTION_CONSTRAINT}
         )
         _element(constraints, tag("ConstraintDescription"), None, policy.description)
 

@@ -1,6 +1,6 @@
 """Namespace URIs, fixed attribute values and code tables of the DSpace AIP format.
 
-Shared by the METS reader and writer, so this module holds constants and small
+Shared by the METS reader and writer, so this module contains constants and small
 mapping dicts only. The values follow DSpace's own packager and crosswalk code
 (``AbstractMETSDisseminator``, ``METSRightsCrosswalk``, ``Choices``).
 """
@@ -109,3 +109,7 @@ ACADEMIC_USER = "ACADEMIC USER"
 # The two groups that have their own CONTEXTCLASS instead of MANAGED GRP + UserName.
 CONTEXTCLASS_BY_GROUP = {"Anonymous": GENERAL_PUBLIC, "Administrator": REPOSITORY_MGR}
 GROUP_BY_CONTEXTCLASS = {context_class: group for group, context_class in CONTEXTCLASS_BY_GROUP.items()}
+
+# OTHERCONSTRAINTTYPE of the rights:Constraints element that carries a policy's description.
+# DSpace writes no description and ignores Constraints when reading.
+POLICY_DESCRIPTION_CONSTRAINT = "DSpace policy description"

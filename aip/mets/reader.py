@@ -1,23 +1,24 @@
 """Read one AIP's mets.xml into a ``PackageManifest``.
 
-``read_manifest`` follows the order in which DSpace's ingester looks at a manifest:
+``read_manifest`` works in these steps:
 
-1. parse the bytes with the hardened parser of ``xmlsafe``;
-2. check the root element and ``PROFILE``, then read ``TYPE``, the handle
-   (``OBJID``), the UUID (``ID``) and ``metsHdr@LASTMODDATE``;
-3. index the ``ID`` of every dmdSec, amdSec, metadata section and file, so that
-   ``DMDID``, ``ADMID`` and ``FILEID`` references resolve; a reference to a
-   missing ID raises ``InvalidPackageError``;
-4. read the fileSec: one ``BundleRecord`` per fileGrp, and a container's LOGO group;
-5. read the first structMap ("DSpace Object"): descriptive sections, the
+1. Parse the bytes with the hardened parser of ``xmlsafe``.
+2. Check the root element and ``PROFILE``, then read ``TYPE``, the handle
+   (``OBJID``), the UUID (``ID``) and ``metsHdr@LASTMODDATE``.
+3. Index the ``ID`` of every dmdSec, amdSec, metadata section and file, so that
+   ``DMDID``, ``ADMID`` and ``FILEID`` references resolve. A reference to a
+   missing ID raises ``InvalidPackageError``.
+4. Read the fileSec into one ``BundleRecord`` per fileGrp, apart from a
+   container's LOGO group, which becomes the logo.
+5. Read the first structMap ("DSpace Object"): descriptive sections, the
    object's admin metadata, child packages, the collection item template, and
-   the primary bitstream (items) or logo (containers);
-6. read the "Parent" structMap.
+   the primary bitstream (items) or logo (containers).
+6. Read the "Parent" structMap.
 
-Element formats are described in ``aip.mets.namespaces`` and in the docstrings
-below. Every error names the package (``source``) and the offending element or
-value. ``choose_descriptive`` applies DSpace's rule for picking the dmdSec to
-ingest, and ``mods_to_dim`` maps MODS to DIM values when no DIM is present.
+Namespace URIs and code tables come from ``aip.mets.namespaces``. Every error
+names the package (``source``) and the offending element or value.
+``choose_descriptive`` applies DSpace's rule for picking the dmdSec to ingest,
+and ``mods_to_dim`` maps MODS to DIM values when no DIM is present.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def read_manifest(data: bytes, *, source: str) -> PackageManifest:
     profile = _read_profile(root, document)
     object_type = _read_object_type(root, document)
 
-    # A container's fileSec holds only its logo. An item keeps a LOGO bundle as an ordinary bundle.
+    # A container's LOGO fileGrp is its logo. An item keeps a LOGO fileGrp as an ordinary bundle, as DSpace does.
     file_groups = _read_file_groups(root, document)
     is_container = object_type != "ITEM"
     logo_groups = [group for group in file_groups if is_container and group.name == LOGO_GROUP]
@@ -151,9 +152,9 @@ def choose_descriptive(
         raise InvalidPackageError(f"{source}: the object has no descriptive metadata (no dmdSec in div DMDID).")
 
     chosen = None
-    for wanted in (preferred, "DIM", "MODS"):
-        if wanted:
-            chosen = next((section for section in sections if section.md_type.upper() == wanted.upper()), None)
+    for md_type in (preferred, "DIM", "MODS"):
+        if md_type:
+            chosen = next((section for section in sections if section.md_type.upper() == md_type.upper()), None)
         if chosen is not None:
             break
     if chosen is None:
@@ -168,7 +169,7 @@ def mods_to_dim(mods_xml: bytes) -> list[DimValue]:
     """Map a ``mods:mods`` document to Dublin Core DIM values, in document order.
 
     This is a fallback for packages without a DIM dmdSec. It inverts the default
-    ``mods.properties`` table of DSpace for the common fields; other MODS elements
+    ``mods.properties`` table of DSpace for the common fields. Other MODS elements
     and empty values are dropped.
     """
     root = parse_xml(mods_xml, source="MODS section")
@@ -186,8 +187,8 @@ def mods_to_dim(mods_xml: bytes) -> list[DimValue]:
 def _index_ids(root: etree._Element, source: str) -> dict[str, etree._Element]:
     """Map each ID of a dmdSec, amdSec, metadata section, fileGrp and file to its element.
 
-    Only these METS elements are indexed: embedded metadata may carry ``ID``
-    attributes of its own (DSPACE-ROLES does), which are not METS IDs.
+    Only these METS elements are indexed, because embedded metadata may carry
+    ``ID`` attributes of its own (DSPACE-ROLES does), which are not METS IDs.
     """
     candidates: list[etree._Element] = []
     candidates.extend(root.findall(_mets("dmdSec")))
@@ -385,7 +386,7 @@ def _read_file(element: etree._Element, document: _Document) -> FileRecord:
 def _read_file_location(element: etree._Element, file_id: str, document: _Document) -> str:
     """Return the zip entry name of a file: the xlink:href of its URL FLocat."""
     if element.find(_mets("FContent")) is not None:
-        raise document.error(f"file {file_id!r} embeds its content in FContent; an AIP must use FLocat.")
+        raise document.error(f"file {file_id!r} embeds its content in FContent, but an AIP must use FLocat.")
     locations = element.findall(_mets("FLocat"))
     if not locations:
         raise document.error(f"file {file_id!r} has no FLocat, so its content cannot be found.")
@@ -500,7 +501,7 @@ MODS_EXTENSION_FIELDS = {
     "dateAccessioned": ("date", "accessioned"),
     "dateAvailable": ("date", "available"),
 }
-# Qualifiers of dc.contributor in DSpace's default registry; other MODS roles map to "other".
+# Qualifiers of dc.contributor in DSpace's default registry. Other MODS roles map to "other".
 CONTRIBUTOR_ROLES = ("advisor", "author", "editor", "illustrator", "other")
 
 
@@ -582,7 +583,7 @@ def _read_admin_refs(element: etree._Element, document: _Document) -> AdminMetad
 
 
 def _read_admin_section(section: etree._Element, admin: AdminMetadata, document: _Document) -> None:
-    """Add one techMD, rightsMD, sourceMD or digiprovMD to ``admin``; unknown types are skipped.
+    """Add one techMD, rightsMD, sourceMD or digiprovMD to ``admin``, skipping unknown types.
 
     DSpace picks the crosswalk by metadata type, not by section kind, and so does this.
     """
@@ -613,7 +614,7 @@ def _read_admin_section(section: etree._Element, admin: AdminMetadata, document:
 
 
 def _read_policies(xml_data: etree._Element | None, document: _Document) -> list[PolicyRecord]:
-    """Read each ``rights:Context`` as a policy; no RightsDeclarationMD gives an empty list."""
+    """Read each ``rights:Context`` as a policy. No RightsDeclarationMD gives an empty list."""
     if xml_data is None:
         return []
     declaration = xml_data.find(f"{{{ns.METSRIGHTS}}}RightsDeclarationMD")
@@ -639,10 +640,18 @@ def _read_policy(context: etree._Element, document: _Document) -> PolicyRecord:
         group_name=group_name,
         eperson_email=eperson_email,
         name=context.get("rpName"),
-        description=context.get("rpDescription"),
+        description=_policy_description(context),
         start_date=_policy_date(context, "start-date", document),
         end_date=_policy_date(context, "end-date", document),
     )
+
+
+def _policy_description(context: etree._Element) -> str | None:
+    """Return the policy description this project writes as a METSRights constraint; DSpace writes none."""
+    for constraints in context.findall(f"{{{ns.METSRIGHTS}}}Constraints"):
+        if constraints.get("OTHERCONSTRAINTTYPE") == ns.POLICY_DESCRIPTION_CONSTRAINT:
+            return constraints.findtext(f"{{{ns.METSRIGHTS}}}ConstraintDescription") or None
+    return None
 
 
 def _rights_user_name(context: etree._Element, user_type: str, document: _Document) -> str:
@@ -678,7 +687,7 @@ def _read_policy_action(permissions: etree._Element | None) -> int | None:
 
 
 def _policy_date(context: etree._Element, attribute: str, document: _Document) -> date | None:
-    """Parse a ``YYYY-MM-DD`` policy date; a trailing time part is ignored."""
+    """Parse a ``YYYY-MM-DD`` policy date, ignoring a trailing time part."""
     value = (context.get(attribute) or "").strip()
     if not value:
         return None
@@ -840,7 +849,7 @@ def _md_label(wrap: etree._Element) -> str:
 
 
 def _md_type(wrap: etree._Element) -> str:
-    """Return the upper-cased metadata type of an mdWrap or mdRef; DSpace compares it case-insensitively."""
+    """Return the metadata type of an mdWrap or mdRef upper-cased, because DSpace compares it case-insensitively."""
     return _md_label(wrap).upper()
 
 

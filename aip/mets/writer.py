@@ -18,6 +18,7 @@ from aip.mets import namespaces as ns
 from aip.mets.crosswalks import build_dim, build_metsrights, build_mods, build_premis, build_roles
 from aip.mets.model import AdminMetadata, BundleRecord, DescriptiveMetadata, FileRecord, PackageManifest
 
+XML_DECLARATION = b'<?xml version="1.0" encoding="utf-8" standalone="no"?>\n'
 METS_SCHEMA_URL = "http://www.loc.gov/standards/mets/mets.xsd"
 
 # Bundles whose files DSpace links to the ORIGINAL file they were derived from.
@@ -71,7 +72,7 @@ def build_mets(manifest: PackageManifest, context: WriterContext) -> bytes:
     if manifest.object_type != "SITE" and manifest.parent_handle:
         _add_parent_structmap(root, manifest.parent_handle, ids)
 
-    return etree.tostring(root, xml_declaration=True, encoding="utf-8", standalone=False, pretty_print=True)
+    return XML_DECLARATION + etree.tostring(root, encoding="utf-8", pretty_print=True)
 
 
 def _build_root(manifest: PackageManifest) -> etree._Element:

@@ -3,10 +3,10 @@
 Packages come from outside, so ``parse_xml``:
 
 1. parses with an lxml parser that loads no DTD, resolves no entity, opens no
-   network connection and keeps libxml2's size limits (``huge_tree`` off); a
-   resolver that rejects every request backs this up;
+   network connection and keeps libxml2's size limits (``huge_tree`` off).
+   A resolver that rejects every request backs this up.
 2. rejects any document with a DOCTYPE, because DSpace never writes one and
-   entity declarations are the usual vehicle of XML attacks;
+   entity declarations are the usual vehicle of XML attacks.
 3. rejects documents nested deeper than ``MAX_DEPTH`` elements.
 
 Syntax errors become ``InvalidPackageError``; attacks and exceeded limits
@@ -18,7 +18,7 @@ from lxml import etree
 
 from aip.errors import InvalidPackageError, UnsafePackageError
 
-# A DSpace manifest nests about 12 levels deep (mets/amdSec/techMD/mdWrap/xmlData/premis/...).
+# The DSpace 1.7 sample manifests nest 11 levels deep (mets/amdSec/techMD/mdWrap/xmlData/premis/...).
 # libxml2 2.14 stops at 256 levels by itself when huge_tree is off, and reports that as a
 # resource-limit error, which is mapped to UnsafePackageError below.
 MAX_DEPTH = 256

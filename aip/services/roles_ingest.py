@@ -57,8 +57,14 @@ class RolesIngester:
     def _person(self, record: PersonRecord, *, is_site: bool) -> None:
         existing = _find_person(record.email, record.netid)
         if existing is not None:
-            if existing.pk == self.current_user.pk or not (is_site and self.mode == "replace"):
+            if not (is_site and self.mode == "replace"):
                 self.changes.append(f"EPerson {existing} left unchanged")
+                return
+            _take_uuid(existing, record.id)
+            if existing.pk == self.current_user.pk:
+                # The person running the restore keeps their account as it is; only the identifier follows the AIP.
+                existing.save(update_fields=["uuid"])
+                self.changes.append(f"EPerson {existing} (running this restore) kept, with the identifier from the AIP")
                 return
             _person_fields(existing, record)
             existing.save()
@@ -72,7 +78,7 @@ class RolesIngester:
     def _group(self, record: GroupRecord, *, owner, is_site: bool, source: str) -> Group | None:
         name = group_name_for_import(record.name, self.resolve_handle)
         if name is None:
-            self.warn(f"{source}: group {record.name} skipped because its object is not in this repository yet.")
+            self.changes.append(f"Group {record.name} deferred: it is created from its object's own AIP")
             return None
         group = Group.objects.filter(name=name).first()
         if group is not None:
@@ -86,6 +92,8 @@ class RolesIngester:
                 )
             group.members.clear()
             group.member_groups.clear()
+            _take_uuid(group, record.id)
+            group.save()
             self.changes.append(f"Group {record.name} replaced")
         else:
             group = Group.objects.create(name=name, uuid=free_uuid(Group, record.id) or uuid_module.uuid4())
@@ -115,6 +123,13 @@ class RolesIngester:
                 self.warn(f"Group {exported_name}, a member of {record.name}, is not in this repository; skipped.")
                 continue
             group.member_groups.add(member)
+
+
+def _take_uuid(row, text: str | None) -> None:
+    """Give an existing person or group the UUID the package states, when no other row has it."""
+    value = free_uuid(type(row), text)
+    if value is not None:
+        row.uuid = value
 
 
 def _find_person(email: str | None, netid: str | None) -> EPerson | None:
