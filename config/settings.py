@@ -125,7 +125,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "aip": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "WARNING")},
-        "repository": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "WARNING")},
+        "aip": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "ERROR")},
+        "repository": {"handlers": ["console"], "level": os.environ.get("AIP_LOG_LEVEL", "ERROR")},
     },
 }
