@@ -599,9 +599,12 @@ def test_policy_unknown_action_none():
 
 def test_policy_name_description_dates():
     policies = _object_policies(
-        '<rights:Context rpName="embargo" rpDescription="until publication" in-effect="false" '
+        '<rights:Context rpName="embargo" in-effect="false" '
         'start-date="2030-01-01" end-date="2031-06-30T00:00:00" CONTEXTCLASS="GENERAL PUBLIC">'
-        '<rights:Permissions DISCOVER="true" DISPLAY="true" MODIFY="false" DELETE="false"/></rights:Context>'
+        '<rights:Permissions DISCOVER="true" DISPLAY="true" MODIFY="false" DELETE="false"/>'
+        '<rights:Constraints CONSTRAINTTYPE="OTHER" OTHERCONSTRAINTTYPE="DSpace policy description">'
+        "<rights:ConstraintDescription>until publication</rights:ConstraintDescription>"
+        "</rights:Constraints></rights:Context>"
     )
     policy = policies[0]
     assert (policy.name, policy.description) == ("embargo", "until publication")
