@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from aip.errors import InvalidOptionError
 
 INGEST_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields", "dmd"}
-EXPORT_OPTIONS: set[str] = set()
+EXPORT_OPTIONS = {"passwords", "unauthorized"}
+UNAUTHORIZED_VALUES = ("skip", "zero")
 BOOLEAN_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields"}
 
 
@@ -82,10 +83,25 @@ def ingest_options(
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """What an export includes: descendants, password hashes, and what to do with unreadable files."""
+
     recursive: bool = False
     include_passwords: bool = False
+    unauthorized: str | None = None  # None (fail), "skip" or "zero"
 
 
 def export_options(raw: dict[str, str], *, recursive: bool) -> ExportOptions:
+    """Return validated export options.
+
+    Unlike DSpace, which exports password hashes whenever the option is present,
+    only ``passwords=true`` does, so ``passwords=false`` leaves them out.
+    """
     _check_names(raw, EXPORT_OPTIONS, "export")
-    return ExportOptions(recursive=recursive)
+    unauthorized = raw.get("unauthorized") or None
+    if unauthorized is not None and unauthorized not in UNAUTHORIZED_VALUES:
+        raise InvalidOptionError(f"Option unauthorized must be skip or zero, not {raw['unauthorized']!r}.")
+    return ExportOptions(
+        recursive=recursive,
+        include_passwords=_boolean(raw, "passwords", False),
+        unauthorized=unauthorized,
+    )

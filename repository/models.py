@@ -336,6 +336,17 @@ class EPerson(models.Model):
     def __str__(self) -> str:
         return self.email or self.netid or str(self.uuid)
 
+    def check_password(self, raw_password: str) -> bool:
+        """Tell whether ``raw_password`` matches this person's DSpace password hash."""
+        from repository.passwords import dspace_password_matches
+
+        return dspace_password_matches(
+            raw_password,
+            stored_hash=self.password_hash,
+            algorithm=self.password_digest_algorithm,
+            salt_hex=self.password_salt,
+        )
+
 
 class Group(models.Model):
     ANONYMOUS = "Anonymous"

@@ -8,6 +8,7 @@ the folder of the top package.
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -37,13 +38,15 @@ def writer_context(premis_urls: dict[str, str]) -> WriterContext:
     return WriterContext(custodian=selectors.site_handle(), creator=PRODUCER, premis_urls=premis_urls)
 
 
-def _entry(name: str, bitstream: Bitstream) -> PackageEntry:
+def _entry(name: str, bitstream: Bitstream | None) -> PackageEntry:
+    if bitstream is None:
+        return PackageEntry(name=name, size=0, open=lambda: io.BytesIO(b""))
     return PackageEntry(name=name, size=bitstream.size_bytes, open=lambda: bitstream.file.open("rb"))
 
 
 def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
     """Write the AIP of ``obj`` (without its descendants) to ``path``."""
-    content = manifest_for(obj, include_passwords=options.include_passwords)
+    content = manifest_for(obj, options)
     manifest = build_mets(content.manifest, writer_context(content.premis_urls))
     entries = [_entry(name, bitstream) for name, bitstream in content.files]
     write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)

@@ -100,6 +100,7 @@ class _IngestRun:
             options=options, stored=stored, current_user=current_user, warn=self.warn
         )
         self.done: dict[Path, object] = {}
+        self.site_aliases: set[str] = set()
 
     def warn(self, message: str) -> None:
         logger.warning("%s", message)
@@ -138,6 +139,8 @@ class _IngestRun:
         children = [child.href for child in manifest.children if child.href]
         if manifest.object_type == "SITE":
             site = self.objects.site_ingest(reader, manifest, source=source)
+            if manifest.handle:
+                self.site_aliases.add(manifest.handle)
             self.report.replaced.append(f"SITE {site.handle_string}")
             return _Result(obj=site, children=children, follow_children=True)
 
@@ -166,6 +169,9 @@ class _IngestRun:
         if not handle:
             raise InvalidPackageError(f"Package {source} names no parent; give one with -p HANDLE.")
         parent = selectors.object_by_handle(handle)
+        if parent is None and handle in self.site_aliases:
+            # Top communities of a site restored from an installation with another handle prefix.
+            parent = selectors.site_get()
         if parent is None:
             message = f"Could not find a parent DSpaceObject referenced as '{handle}' (package {source})."
             if self.options.skip_if_parent_missing:

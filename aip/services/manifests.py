@@ -6,6 +6,8 @@ into the package.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -24,7 +26,19 @@ from aip.mets.model import (
 )
 from aip.mets.writer import derivative_group_id
 from aip.services import roles
-from repository.models import Bitstream, Bundle, Collection, Community, Item, MetadataValue, ResourcePolicy, Site
+from aip.errors import AipError
+from aip.options import ExportOptions
+from repository.models import (
+    Bitstream,
+    Bundle,
+    Collection,
+    Community,
+    Item,
+    MetadataValue,
+    ResourcePolicy,
+    Site,
+    bitstream_storage,
+)
 
 # Container fields DSpace writes, in its order: (AIP element, AIP qualifier) -> stored field.
 # dc.identifier.uri is written from the handle and never stored.
@@ -40,16 +54,48 @@ COLLECTION_FIELDS = [
 ]
 COMMUNITY_FIELDS = [entry for entry in COLLECTION_FIELDS if entry[0] not in (("provenance", None), ("rights", "license"))]
 
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+
 SUPPORT_LEVEL_WORDS = {0: "UNKNOWN", 1: "KNOWN", 2: "SUPPORTED"}
 LICENSE_BUNDLE = "LICENSE"
 CC_LICENSE_BUNDLE = "CC-LICENSE"
 
 
+class UnreadableBitstreamError(AipError):
+    """A bitstream whose file cannot be read from storage, with no ``unauthorized`` option to say what to do."""
+
+
 @dataclass
 class PackageContent:
     manifest: PackageManifest
-    files: list[tuple[str, Bitstream]] = field(default_factory=list)  # zip entry name, bitstream
+    # Zip entry name and bitstream; None stands for an empty placeholder entry.
+    files: list[tuple[str, Bitstream | None]] = field(default_factory=list)
     premis_urls: dict[str, str] = field(default_factory=dict)
+
+
+def _readable_or_substitute(bitstream: Bitstream, where: str, unauthorized: str | None) -> Bitstream | None:
+    """Return the bitstream to export, a zero-length stand-in, or None to leave it out.
+
+    A bitstream is unreadable when its file is missing from the bitstream storage.
+    ``unauthorized`` decides: unset raises, "skip" leaves it out, "zero" writes an
+    empty file whose size and MD5 in the manifest are those of the empty file.
+    """
+    if bitstream.file.name and bitstream_storage().exists(bitstream.file.name):
+        return bitstream
+    if unauthorized is None:
+        raise UnreadableBitstreamError(
+            f"Bitstream {bitstream.name!r} ({bitstream.uuid}) of {where} cannot be read: its file "
+            f"{bitstream.file.name or '(none)'} is not in the bitstream storage. Restore the file, or export "
+            "with -o unauthorized=skip (leave it out) or -o unauthorized=zero (write an empty file)."
+        )
+    if unauthorized == "skip":
+        return None
+    stand_in = copy.copy(bitstream)
+    stand_in.size_bytes = 0
+    stand_in.checksum = EMPTY_MD5
+    stand_in.checksum_algorithm = "MD5"
+    stand_in.file = None
+    return stand_in
 
 
 def dim_value(value: MetadataValue) -> DimValue:
@@ -136,11 +182,15 @@ def _file_record(bitstream: Bitstream, entry_name: str, policies) -> FileRecord:
     )
 
 
-def _logo_record(logo: Bitstream | None, content: PackageContent) -> FileRecord | None:
+def _logo_record(owner, content: PackageContent, unauthorized: str | None) -> FileRecord | None:
+    logo = owner.logo
+    if logo is None:
+        return None
+    logo = _readable_or_substitute(logo, f"the logo of {owner.object_type} {owner.handle_string}", unauthorized)
     if logo is None:
         return None
     entry_name = bitstream_entry_name(logo)
-    content.files.append((entry_name, logo))
+    content.files.append((entry_name, logo if logo.file else None))
     return FileRecord(
         id=f"bitstream_{logo.uuid}",
         href=entry_name,
@@ -176,7 +226,7 @@ def site_manifest(site: Site, *, include_passwords: bool = False) -> PackageCont
     return PackageContent(manifest=manifest)
 
 
-def community_manifest(community: Community) -> PackageContent:
+def community_manifest(community: Community, options: ExportOptions) -> PackageContent:
     content = PackageContent(manifest=None)  # type: ignore[arg-type]
     parent = selectors.parent_handle_of(community)
     admin = AdminMetadata(
@@ -186,11 +236,11 @@ def community_manifest(community: Community) -> PackageContent:
     )
     dim = _container_dim(community, COMMUNITY_FIELDS)
     content.manifest = _container_manifest(community, "COMMUNITY", community.handle_string, dim, admin, parent=parent)
-    content.manifest.logo = _logo_record(community.logo, content)
+    content.manifest.logo = _logo_record(community, content, options.unauthorized)
     return content
 
 
-def collection_manifest(collection: Collection) -> PackageContent:
+def collection_manifest(collection: Collection, options: ExportOptions) -> PackageContent:
     content = PackageContent(manifest=None)  # type: ignore[arg-type]
     parent = selectors.parent_handle_of(collection)
     techmd = [("identifier", "uri", f"hdl:{collection.handle_string}")]
@@ -203,7 +253,7 @@ def collection_manifest(collection: Collection) -> PackageContent:
     )
     dim = _container_dim(collection, COLLECTION_FIELDS)
     content.manifest = _container_manifest(collection, "COLLECTION", collection.handle_string, dim, admin, parent=parent)
-    content.manifest.logo = _logo_record(collection.logo, content)
+    content.manifest.logo = _logo_record(collection, content, options.unauthorized)
     if collection.template_item_id:
         template_dim = [dim_value(value) for value in _metadata(collection.template_item)]
         content.manifest.template_descriptive = [DescriptiveMetadata(md_type="DIM", dim=template_dim)]
@@ -243,10 +293,10 @@ def _item_with_relations(item: Item) -> Item:
     )
 
 
-def item_manifest(item: Item) -> PackageContent:
+def item_manifest(item: Item, options: ExportOptions) -> PackageContent:
     item = _item_with_relations(item)
     content = PackageContent(manifest=None)  # type: ignore[arg-type]
-    bundles, primary_file_id = _item_bundles(item, content)
+    bundles, primary_file_id = _item_bundles(item, content, options.unauthorized)
 
     admin = AdminMetadata(techmd_dim=_item_techmd(item), policies=_policies(item))
     admin.license_hrefs = _license_hrefs(bundles)
@@ -286,16 +336,19 @@ def _item_techmd(item: Item) -> list[DimValue]:
     return _techmd(pairs)
 
 
-def _item_bundles(item: Item, content: PackageContent) -> tuple[list[BundleRecord], str | None]:
+def _item_bundles(item: Item, content: PackageContent, unauthorized: str | None) -> tuple[list[BundleRecord], str | None]:
     records = []
     primary_file_id = None
     original_ids_by_name: dict[str, str] = {}
     for bundle in item.bundles.all():
         record = BundleRecord(name=bundle.name, admin=AdminMetadata(policies=roles.policy_records(bundle.policies.all())))
-        for bitstream in bundle.bitstreams.all():
+        for stored in bundle.bitstreams.all():
+            bitstream = _readable_or_substitute(stored, f"item {item.handle_string}", unauthorized)
+            if bitstream is None:
+                continue
             entry_name = bitstream_entry_name(bitstream)
-            file_record = _file_record(bitstream, entry_name, bitstream.policies.all())
-            content.files.append((entry_name, bitstream))
+            file_record = _file_record(bitstream, entry_name, stored.policies.all())
+            content.files.append((entry_name, bitstream if bitstream.file else None))
             content.premis_urls[file_record.id] = _premis_url(bitstream)
             record.files.append(file_record)
             if bundle.name == "ORIGINAL":
@@ -325,11 +378,11 @@ def _license_hrefs(bundles: list[BundleRecord]) -> dict[str, str]:
     return hrefs
 
 
-def manifest_for(obj, *, include_passwords: bool = False) -> PackageContent:
+def manifest_for(obj, options: ExportOptions) -> PackageContent:
     if isinstance(obj, Site):
-        return site_manifest(obj, include_passwords=include_passwords)
+        return site_manifest(obj, include_passwords=options.include_passwords)
     if isinstance(obj, Community):
-        return community_manifest(obj)
+        return community_manifest(obj, options)
     if isinstance(obj, Collection):
-        return collection_manifest(obj)
-    return item_manifest(obj)
+        return collection_manifest(obj, options)
+    return item_manifest(obj, options)

@@ -74,6 +74,10 @@ class ObjectIngester:
             for bundle in obj.bundles.all():
                 self._delete_bitstreams(bundle.bitstreams.all())
             obj.bundles.all().delete()
+            # The package's AIP-TECHMD states the submitter and withdrawal again.
+            obj.submitter = None
+            obj.withdrawn = False
+            obj.in_archive = True
             if self.options.restore and manifest.last_modified:
                 obj.last_modified = manifest.last_modified
         elif obj.logo_id:
