@@ -34,7 +34,11 @@ class ObjectIngester:
         self.warn = warn
         self.fields = FieldRegistry(create_missing=options.create_metadata_fields)
         self.formats = FormatRegistry()
-        mode = "replace" if options.replace else "keep" if options.keep_existing else "restore"
+        mode = "restore"
+        if options.replace:
+            mode = "replace"
+        elif options.keep_existing:
+            mode = "keep"
         self.roles = RolesIngester(
             current_user=current_user, mode=mode, resolve_handle=selectors.object_by_handle, warn=warn
         )

@@ -1,7 +1,8 @@
 """Create people, groups and resource policies from DSPACE-ROLES and METSRights.
 
-People are matched by email, else netid; groups by their translated name. The
-EPerson running the ingest is never changed and never leaves Administrator.
+People are matched by email, else netid, and groups by their translated name.
+The EPerson running the ingest keeps their account and stays in Administrator;
+only their UUID follows a SITE package restored in replace mode.
 """
 from __future__ import annotations
 
