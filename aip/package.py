@@ -3,7 +3,7 @@
 A package is written to a temporary file beside its final name and renamed into
 place only when complete, so no truncated package ever carries a final name.
 Every zip field that could vary between runs is fixed (entry order, times,
-"made by" system, permissions, compression level, comment), so an unchanged
+"made by" system, entry permissions, compression level, comment), so an unchanged
 object always produces the same bytes on the same zlib version.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from aip.errors import InvalidPackageError, UnsafePackageError
+from aip.errors import ChecksumMismatchError, InvalidPackageError, UnsafePackageError
 
 MANIFEST_NAME = "mets.xml"
 ZIP_COMMENT = b"METS archive created by aip-backup (DSpace AIP format)"
@@ -35,6 +35,8 @@ class PackageEntry:
     name: str
     size: int
     open: Callable[[], BinaryIO]
+    # MD5 the content must have; a mismatch stops the write, so a damaged file never enters a backup.
+    expected_md5: str | None = None
 
 
 def entry_time(last_modified: datetime | None) -> tuple[int, int, int, int, int, int]:
@@ -51,7 +53,8 @@ def _zip_info(name: str, date_time) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=date_time)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.create_system = 0
-    info.external_attr = 0
+    # rw-r--r-- for every entry; zipfile would otherwise pick 0600 for streamed entries.
+    info.external_attr = 0o644 << 16
     return info
 
 
@@ -68,7 +71,8 @@ def write_package(path: Path, *, manifest: bytes, entries: Iterable[PackageEntry
                 with entry.open() as source, archive.open(
                     _zip_info(entry.name, date_time), "w", force_zip64=entry.size >= ZIP64_THRESHOLD
                 ) as target:
-                    _copy(source, target)
+                    digest, size = _copy(source, target)
+                _check_entry(entry, digest, size)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
@@ -76,9 +80,24 @@ def write_package(path: Path, *, manifest: bytes, entries: Iterable[PackageEntry
         raise
 
 
-def _copy(source: BinaryIO, target: BinaryIO) -> None:
+def _copy(source: BinaryIO, target: BinaryIO) -> tuple[str, int]:
+    """Copy ``source`` to ``target`` in chunks; return the MD5 hex digest and size of what was copied."""
+    digest = hashlib.md5()
+    size = 0
     while chunk := source.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
         target.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _check_entry(entry: PackageEntry, digest: str, size: int) -> None:
+    if size != entry.size or (entry.expected_md5 and digest != entry.expected_md5.lower()):
+        raise ChecksumMismatchError(
+            f"Stored file for {entry.name} has {size} bytes and MD5 {digest}, but the repository records "
+            f"{entry.size} bytes and MD5 {entry.expected_md5}. The stored file is damaged; restore it from "
+            "a backup before exporting."
+        )
 
 
 class PackageReader:

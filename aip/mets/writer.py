@@ -109,10 +109,13 @@ def _md_wrap(parent: etree._Element, md_type: str, content: etree._Element) -> N
 
 
 def _add_descriptive(root, sections: list[DescriptiveMetadata], object_type: str, ids: _IdCounter) -> list[str]:
-    """Add the MODS and DIM dmdSecs built from the DIM section, and return their IDs."""
+    """Add the MODS and DIM dmdSecs built from the DIM values, and return their IDs."""
     dim_values = next((section.dim for section in sections if section.md_type == "DIM"), None) or []
     added = []
     for md_type, content in (("MODS", build_mods(dim_values)), ("DIM", build_dim(dim_values, object_type=object_type))):
+        if md_type == "MODS" and len(content) == 0:
+            # MODS requires at least one element, and no value here maps to one.
+            continue
         dmd_id = ids("dmdSec")
         section = etree.SubElement(root, _mets("dmdSec"), ID=dmd_id)
         _md_wrap(section, md_type, content)

@@ -19,7 +19,8 @@ from aip import selectors
 from aip.mets.writer import WriterContext, build_mets
 from aip.options import ExportOptions
 from aip.package import PackageEntry, write_package
-from aip.services.manifests import manifest_for
+from aip.errors import AipError
+from aip.services.manifests import UnreadableBitstreamError, manifest_for
 from repository.models import Bitstream
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,22 @@ def writer_context(premis_urls: dict[str, str]) -> WriterContext:
 def _entry(name: str, bitstream: Bitstream | None) -> PackageEntry:
     if bitstream is None:
         return PackageEntry(name=name, size=0, open=lambda: io.BytesIO(b""))
-    return PackageEntry(name=name, size=bitstream.size_bytes, open=lambda: bitstream.file.open("rb"))
+    return PackageEntry(
+        name=name,
+        size=bitstream.size_bytes,
+        open=lambda: _open_bitstream(bitstream),
+        expected_md5=bitstream.checksum if bitstream.checksum_algorithm.upper() == "MD5" else None,
+    )
+
+
+def _open_bitstream(bitstream: Bitstream):
+    try:
+        return bitstream.file.open("rb")
+    except OSError as error:
+        raise UnreadableBitstreamError(
+            f"Bitstream {bitstream.name!r} ({bitstream.uuid}) cannot be read from the bitstream storage: {error}. "
+            "Repair the file, or export with -o unauthorized=skip or -o unauthorized=zero."
+        ) from error
 
 
 def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
@@ -49,7 +65,13 @@ def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
     content = manifest_for(obj, options)
     manifest = build_mets(content.manifest, writer_context(content.premis_urls))
     entries = [_entry(name, bitstream) for name, bitstream in content.files]
-    write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)
+    try:
+        write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)
+    except OSError as error:
+        raise AipError(
+            f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
+            "and that no folder has that name."
+        ) from error
     return path
 
 

@@ -168,7 +168,7 @@ class _IngestRun:
             handle = explicit
         if not handle:
             raise InvalidPackageError(f"Package {source} names no parent; give one with -p HANDLE.")
-        parent = selectors.object_by_handle(handle)
+        parent = self.objects.resolve_handle(handle)
         if parent is None and handle in self.site_aliases:
             # Top communities of a site restored from an installation with another handle prefix.
             parent = selectors.site_get()

@@ -34,14 +34,23 @@ class ObjectIngester:
         self.warn = warn
         self.fields = FieldRegistry(create_missing=options.create_metadata_fields)
         self.formats = FormatRegistry()
+        self.handle_aliases: dict[str, object] = {}
         mode = "restore"
         if options.replace:
             mode = "replace"
         elif options.keep_existing:
             mode = "keep"
         self.roles = RolesIngester(
-            current_user=current_user, mode=mode, resolve_handle=selectors.object_by_handle, warn=warn
+            current_user=current_user, mode=mode, resolve_handle=self.resolve_handle, warn=warn
         )
+
+    def resolve_handle(self, handle: str):
+        """Return the object a package's handle means in this run.
+
+        A package ingested under a new handle (submit mode, or ignoreHandle) still
+        names itself, and its children name it as their parent, by its old handle.
+        """
+        return self.handle_aliases.get(handle) or selectors.object_by_handle(handle)
 
     def by_uuid(self, object_type: str, text: str):
         try:
@@ -69,6 +78,8 @@ class ObjectIngester:
             obj.in_archive = True
             obj.last_modified = manifest.last_modified if self.options.restore and manifest.last_modified else timezone.now()
         obj.save()
+        if manifest.handle and manifest.handle != obj.handle_string:
+            self.handle_aliases[manifest.handle] = obj
         self._fill(obj, reader, manifest, source=source)
         return obj
 
@@ -123,7 +134,7 @@ class ObjectIngester:
             obj.save()
         if manifest.admin.policies is not None:
             policies_replace(
-                obj, manifest.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+                obj, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
             )
 
     def _descriptive_values(self, sections, *, source: str) -> list[DimValue]:
@@ -162,7 +173,7 @@ class ObjectIngester:
 
     def _map_by_reference(self, item: Item, reference: str, *, source: str) -> None:
         handle = reference.removeprefix("hdl:")
-        collection = selectors.object_by_handle(handle)
+        collection = self.resolve_handle(handle)
         if isinstance(collection, Collection):
             item.save()
             item.mapped_collections.add(collection)
@@ -182,7 +193,7 @@ class ObjectIngester:
                 bundle.save(update_fields=["primary_bitstream"])
             if record.admin.policies is not None:
                 policies_replace(
-                    bundle, record.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+                    bundle, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
                 )
 
     def _bitstream(self, reader, record: FileRecord, *, bundle, position: int, source: str) -> Bitstream | None:
@@ -196,7 +207,7 @@ class ObjectIngester:
         bitstream.save()
         if record.admin.policies is not None:
             policies_replace(
-                bitstream, record.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn
+                bitstream, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
             )
         return bitstream
 
@@ -241,6 +252,6 @@ class ObjectIngester:
             site.uuid = kept_uuid
         site.save()
         if manifest.admin.policies is not None:
-            policies_replace(site, manifest.admin.policies, resolve_handle=selectors.object_by_handle, source=source, warn=self.warn)
+            policies_replace(site, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn)
         return site
 
