@@ -231,7 +231,7 @@ def community_manifest(community: Community, options: ExportOptions) -> PackageC
     parent = selectors.parent_handle_of(community)
     admin = AdminMetadata(
         techmd_dim=_techmd([("identifier", "uri", f"hdl:{community.handle_string}"), ("relation", "isPartOf", f"hdl:{parent}")]),
-        roles=roles.container_roles(community),
+        roles=roles.container_roles(community, include_passwords=options.include_passwords),
         policies=_policies(community),
     )
     dim = _container_dim(community, COMMUNITY_FIELDS)
@@ -249,7 +249,7 @@ def collection_manifest(collection: Collection, options: ExportOptions) -> Packa
     for other in collection.other_communities.select_related("handle").order_by("handle__handle"):
         techmd.append(("relation", "isReferencedBy", f"hdl:{other.handle_string}"))
     admin = AdminMetadata(
-        techmd_dim=_techmd(techmd), roles=roles.container_roles(collection), policies=_policies(collection)
+        techmd_dim=_techmd(techmd), roles=roles.container_roles(collection, include_passwords=options.include_passwords), policies=_policies(collection)
     )
     dim = _container_dim(collection, COLLECTION_FIELDS)
     content.manifest = _container_manifest(collection, "COLLECTION", collection.handle_string, dim, admin, parent=parent)

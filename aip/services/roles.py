@@ -118,7 +118,7 @@ def site_roles(*, include_passwords: bool) -> RolesRecord:
     )
 
 
-def container_roles(obj) -> RolesRecord:
+def container_roles(obj, *, include_passwords: bool = False) -> RolesRecord:
     """Return the groups of a community or collection, and the people they name.
 
     DSpace puts people only in the SITE AIP; carrying the members here too lets a
@@ -128,7 +128,7 @@ def container_roles(obj) -> RolesRecord:
     records = [group_record(group, role_type=group_role_type(obj, group)) for group in groups]
     people = {person.id: person for group in groups for person in group.members.all()}
     person_records = [
-        person_record(person, include_password=False)
+        person_record(person, include_password=include_passwords)
         for person in sorted(people.values(), key=lambda p: (p.email or "", p.netid or "", str(p.uuid)))
     ]
     return RolesRecord(groups=sorted(records, key=lambda record: record.name), people=person_records)

@@ -442,7 +442,7 @@ def test_site_restore_rejects_existing_groups(admin, docs_dir, bitstream_storage
 
 
 def test_site_replace_restores_people(admin, docs_dir):
-    packager("-r", "-f", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-f", "-u", str(docs_dir / "SITE-example.zip"))
 
     people = {person.email: person for person in EPerson.objects.exclude(email=ADMIN_EMAIL)}
     assert sorted(people) == ["blah@blah.org", "curator@example.org"]
@@ -453,14 +453,14 @@ def test_site_replace_restores_people(admin, docs_dir):
 
 
 def test_site_replace_restores_administrators(admin, docs_dir):
-    packager("-r", "-f", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-f", "-u", str(docs_dir / "SITE-example.zip"))
 
     members = Group.objects.get(name=Group.ADMINISTRATOR).members.values_list("email", flat=True)
     assert sorted(members) == sorted(["blah@blah.org", "curator@example.org", ADMIN_EMAIL])
 
 
 def test_site_replace_defers_object_groups(admin, docs_dir, capsys):
-    packager("-r", "-f", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-f", "-u", str(docs_dir / "SITE-example.zip"))
 
     output = capsys.readouterr().out
     assert sorted(Group.objects.values_list("name", flat=True)) == ["Administrator", "Anonymous"]
@@ -469,7 +469,7 @@ def test_site_replace_defers_object_groups(admin, docs_dir, capsys):
 
 
 def test_site_replace_sets_site_name(admin, docs_dir):
-    packager("-r", "-f", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-f", "-u", str(docs_dir / "SITE-example.zip"))
 
     assert Site.objects.get().name == "DSpace at My University"
 
@@ -478,7 +478,7 @@ def test_site_replace_fills_restored_collection_groups(admin, docs_dir):
     packager("-r", "-a", "-o", "skipIfParentMissing=true", str(docs_dir / "COMMUNITY@123456789-1.zip"))
     collection = Collection.objects.get(handle__handle="123456789/2")
 
-    packager("-r", "-f", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-f", "-u", str(docs_dir / "SITE-example.zip"))
 
     collection.refresh_from_db()
     prefix = f"COLLECTION_{collection.uuid}_"
@@ -489,7 +489,7 @@ def test_site_replace_fills_restored_collection_groups(admin, docs_dir):
 
 
 def test_site_recursive_replace_restores_tree(admin, docs_dir, capsys):
-    packager("-r", "-a", "-f", "-o", "skipIfParentMissing=true", str(docs_dir / "SITE-example.zip"))
+    packager("-r", "-a", "-f", "-u", "-o", "skipIfParentMissing=true", str(docs_dir / "SITE-example.zip"))
 
     errors = capsys.readouterr().err
     community = Community.objects.get(handle__handle="123456789/1")

@@ -12,6 +12,7 @@ from aip.options import export_options, ingest_options, parse_option_pairs
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
 from repository.models import EPerson
+from repository.permissions import is_administrator
 
 
 class Command(BaseCommand):
@@ -38,7 +39,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="Packager option; repeatable."
         )
-        parser.add_argument("-u", "--no-user-interaction", action="store_true", help="Never prompt.")
+        parser.add_argument(
+            "-u", "--no-user-interaction", "--yes", action="store_true",
+            help="Never prompt; with -r -f this confirms that existing objects may be replaced.",
+        )
 
     def handle(self, *args, **options) -> None:
         self.verbosity = options["verbosity"]
@@ -54,10 +58,17 @@ class Command(BaseCommand):
     def _check_common(self, options: dict) -> None:
         if options["type"].upper() != "AIP":
             raise CommandError(f"Package type {options['type']!r} is not supported; use -t AIP.")
-        if not EPerson.objects.filter(email__iexact=options["eperson"]).exists():
+        person = EPerson.objects.filter(email__iexact=options["eperson"]).first()
+        if person is None:
             raise CommandError(
                 f"EPerson {options['eperson']!r} not found. Create one with "
                 "'python manage.py create_administrator --email EMAIL --password PASSWORD'."
+            )
+        if not is_administrator(person):
+            raise CommandError(
+                f"EPerson {options['eperson']!r} is not an administrator; only members of the Administrator group "
+                "may export or ingest AIPs. Use an administrator's email, or make this one an administrator with "
+                "'python manage.py create_administrator'."
             )
 
     def _export(self, options: dict) -> None:
@@ -91,6 +102,8 @@ class Command(BaseCommand):
             replace=options["force_replace"],
             recursive=options["all"],
         )
+        if options["force_replace"]:
+            self._confirm_replace(options)
         parent = options["parent"][0] if options["parent"] else None
         report = package_ingest(
             path=Path(options["file"]).resolve(),
@@ -100,6 +113,22 @@ class Command(BaseCommand):
             eperson_email=options["eperson"],
         )
         self._print_report(report)
+
+    def _confirm_replace(self, options: dict) -> None:
+        """Ask before replace mode deletes data, unless -u/--yes confirmed it already."""
+        if options["no_user_interaction"]:
+            return
+        target = options["identifier"] or f"the object named in {options['file']}"
+        scope = " and every existing object in its tree" if options["all"] else ""
+        warning = (
+            f"Replace mode deletes the files, bundles, metadata and policies of {target}{scope} "
+            "and puts the package's content in their place."
+        )
+        if not sys.stdin.isatty():
+            raise CommandError(f"{warning} Add -u (or --yes) to confirm when not running on a terminal.")
+        answer = input(f"{warning} Continue? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise CommandError("Replace cancelled; nothing was changed.")
 
     def _print_report(self, report: IngestReport) -> None:
         for warning in report.warnings:
