@@ -6,11 +6,12 @@ keep working. Unknown names and bad values raise ``InvalidOptionError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from aip.errors import InvalidOptionError
 
 INGEST_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields", "dmd"}
-EXPORT_OPTIONS = {"passwords", "unauthorized"}
+EXPORT_OPTIONS = {"passwords", "unauthorized", "updatedAfter", "filterBundles", "includeBundles"}
 UNAUTHORIZED_VALUES = ("skip", "zero")
 BOOLEAN_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields"}
 
@@ -88,6 +89,16 @@ class ExportOptions:
     recursive: bool = False
     include_passwords: bool = False
     unauthorized: str | None = None  # None (fail), "skip" or "zero"
+    # Only items modified strictly after this moment are exported; containers always are.
+    updated_after: datetime | None = None
+    # Bundle names to leave out, or (with ``only_bundles``) the only ones to keep.
+    bundle_names: frozenset[str] = frozenset()
+    only_bundles: bool = False
+
+    def includes_bundle(self, name: str) -> bool:
+        if not self.bundle_names:
+            return True
+        return (name in self.bundle_names) == self.only_bundles
 
 
 def export_options(raw: dict[str, str], *, recursive: bool) -> ExportOptions:
@@ -100,8 +111,49 @@ def export_options(raw: dict[str, str], *, recursive: bool) -> ExportOptions:
     unauthorized = raw.get("unauthorized") or None
     if unauthorized is not None and unauthorized not in UNAUTHORIZED_VALUES:
         raise InvalidOptionError(f"Option unauthorized must be skip or zero, not {raw['unauthorized']!r}.")
+    bundle_names, only_bundles = _bundle_filter(raw)
     return ExportOptions(
         recursive=recursive,
         include_passwords=_boolean(raw, "passwords", False),
         unauthorized=unauthorized,
+        updated_after=_moment(raw, "updatedAfter"),
+        bundle_names=bundle_names,
+        only_bundles=only_bundles,
     )
+
+
+def _moment(options: dict[str, str], name: str) -> datetime | None:
+    """Parse an ISO-8601 date or date and time; one without a zone is taken as UTC."""
+    if not options.get(name):
+        return None
+    try:
+        moment = datetime.fromisoformat(options[name].replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidOptionError(
+            f"Option {name} must be an ISO-8601 date or date and time (2024-05-01 or 2024-05-01T12:00:00Z), "
+            f"not {options[name]!r}."
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _bundle_filter(options: dict[str, str]) -> tuple[frozenset[str], bool]:
+    """Return the bundle names of filterBundles or includeBundles, and whether they are the only ones kept."""
+    if "filterBundles" in options and "includeBundles" in options:
+        raise InvalidOptionError(
+            "filterBundles and includeBundles cannot be combined; use filterBundles=A,B to leave bundles out, "
+            "or includeBundles=A,B (or filterBundles=+A,B) to keep only those."
+        )
+    if "includeBundles" in options:
+        text, only = options["includeBundles"], True
+    elif "filterBundles" in options:
+        text = options["filterBundles"]
+        only = text.startswith("+")
+        text = text.removeprefix("+")
+    else:
+        return frozenset(), False
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise InvalidOptionError("filterBundles and includeBundles need a comma-separated list of bundle names.")
+    if only and names == {"all"}:
+        return frozenset(), False
+    return names, only

@@ -21,7 +21,7 @@ from aip.options import ExportOptions
 from aip.package import PackageEntry, write_package
 from aip.errors import AipError
 from aip.services.manifests import UnreadableBitstreamError, manifest_for
-from repository.models import Bitstream
+from repository.models import Bitstream, Item
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ PRODUCER = "aip-backup"
 @dataclass
 class ExportResult:
     packages: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)  # items left out by updatedAfter
     bytes_written: int = 0
     seconds: float = 0.0
 
@@ -58,6 +59,10 @@ def _open_bitstream(bitstream: Bitstream):
             f"Bitstream {bitstream.name!r} ({bitstream.uuid}) cannot be read from the bitstream storage: {error}. "
             "Repair the file, or export with -o unauthorized=skip or -o unauthorized=zero."
         ) from error
+
+
+def _unchanged(obj, options: ExportOptions) -> bool:
+    return isinstance(obj, Item) and options.updated_after is not None and obj.last_modified <= options.updated_after
 
 
 def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
@@ -89,12 +94,15 @@ def object_export(
         if current_path in written:
             continue
         written.add(current_path)
-        package_write(obj=current, path=current_path, options=options)
-        result.packages.append(current_path)
-        result.bytes_written += current_path.stat().st_size
-        logger.info("exported %s to %s", current.handle_string or current.uuid, current_path)
-        if progress:
-            progress(current_path)
+        if _unchanged(current, options):
+            result.unchanged.append(current_path)
+        else:
+            package_write(obj=current, path=current_path, options=options)
+            result.packages.append(current_path)
+            result.bytes_written += current_path.stat().st_size
+            logger.info("exported %s to %s", current.handle_string or current.uuid, current_path)
+            if progress:
+                progress(current_path)
         if options.recursive:
             children = selectors.children_of(current)
             # Reversed so that the stack pops children in package order.

@@ -27,6 +27,7 @@ from aip.package import PackageReader
 from aip.services.bitstream_ingest import StoredFiles
 from aip.services.handles import handle_assign
 from aip.services.object_ingest import ObjectIngester
+from repository.changes import change_tracking_suspended
 from repository.models import Collection, Community, EPerson, Item, Site
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def package_ingest(
     report = IngestReport()
     stored = StoredFiles()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), change_tracking_suspended():
             current_user = EPerson.objects.get(email__iexact=eperson_email)
             run = _IngestRun(options=options, report=report, stored=stored, current_user=current_user)
             run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle)

@@ -296,7 +296,7 @@ def _item_with_relations(item: Item) -> Item:
 def item_manifest(item: Item, options: ExportOptions) -> PackageContent:
     item = _item_with_relations(item)
     content = PackageContent(manifest=None)  # type: ignore[arg-type]
-    bundles, primary_file_id = _item_bundles(item, content, options.unauthorized)
+    bundles, primary_file_id = _item_bundles(item, content, options)
 
     admin = AdminMetadata(techmd_dim=_item_techmd(item), policies=_policies(item))
     admin.license_hrefs = _license_hrefs(bundles)
@@ -336,14 +336,16 @@ def _item_techmd(item: Item) -> list[DimValue]:
     return _techmd(pairs)
 
 
-def _item_bundles(item: Item, content: PackageContent, unauthorized: str | None) -> tuple[list[BundleRecord], str | None]:
+def _item_bundles(item: Item, content: PackageContent, options: ExportOptions) -> tuple[list[BundleRecord], str | None]:
     records = []
     primary_file_id = None
     original_ids_by_name: dict[str, str] = {}
     for bundle in item.bundles.all():
+        if not options.includes_bundle(bundle.name):
+            continue
         record = BundleRecord(name=bundle.name, admin=AdminMetadata(policies=roles.policy_records(bundle.policies.all())))
         for stored in bundle.bitstreams.all():
-            bitstream = _readable_or_substitute(stored, f"item {item.handle_string}", unauthorized)
+            bitstream = _readable_or_substitute(stored, f"item {item.handle_string}", options.unauthorized)
             if bitstream is None:
                 continue
             entry_name = bitstream_entry_name(bitstream)

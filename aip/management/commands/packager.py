@@ -80,9 +80,10 @@ class Command(BaseCommand):
         obj = selectors.object_by_handle_or_error(options["identifier"])
         path = Path(options["file"]).resolve()
         result = object_export(obj=obj, path=path, options=export, progress=self._progress_printer())
+        unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
         self.stdout.write(
             f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
-            f"in {result.seconds:.1f} s into {path.parent}"
+            f"in {result.seconds:.1f} s into {path.parent}{unchanged}"
         )
 
     def _progress_printer(self):

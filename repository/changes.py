@@ -1,0 +1,86 @@
+"""Keep ``Item.last_modified`` current when anything an item AIP carries changes.
+
+An item's package holds its metadata, bundles, bitstreams, policies and
+collection mappings, so a change to any of them moves the item's last-modified
+time forward; exports that take only changed items (``updatedAfter``, incremental
+backups) rely on it. Ingest suspends this tracking, because a restore brings back
+the time the package states and a submit sets its own.
+"""
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.utils import timezone
+
+from repository.models import Bitstream, Bundle, Item, MetadataValue, ResourcePolicy
+
+_suspended: contextvars.ContextVar[bool] = contextvars.ContextVar("item_change_tracking_suspended", default=False)
+
+
+@contextmanager
+def change_tracking_suspended() -> Iterator[None]:
+    """Leave ``last_modified`` alone inside the block (ingest sets it itself)."""
+    token = _suspended.set(True)
+    try:
+        yield
+    finally:
+        _suspended.reset(token)
+
+
+def _touch(**item_filter) -> None:
+    if not _suspended.get():
+        Item.objects.filter(**item_filter).update(last_modified=timezone.now())
+
+
+def _item_saved(sender, instance: Item, **kwargs) -> None:
+    if not _suspended.get() and not kwargs.get("raw"):
+        instance.last_modified = timezone.now()
+
+
+def _metadata_changed(sender, instance: MetadataValue, **kwargs) -> None:
+    if instance.item_id:
+        _touch(pk=instance.item_id)
+
+
+def _bundle_changed(sender, instance: Bundle, **kwargs) -> None:
+    _touch(pk=instance.item_id)
+
+
+def _bitstream_changed(sender, instance: Bitstream, **kwargs) -> None:
+    if instance.bundle_id:
+        _touch(bundles__id=instance.bundle_id)
+
+
+def _policy_changed(sender, instance: ResourcePolicy, **kwargs) -> None:
+    if instance.item_id:
+        _touch(pk=instance.item_id)
+    elif instance.bundle_id:
+        _touch(bundles__id=instance.bundle_id)
+    elif instance.bitstream_id:
+        _touch(bundles__bitstreams__id=instance.bitstream_id)
+
+
+def _mapping_changed(sender, instance, action: str, reverse: bool, pk_set, **kwargs) -> None:
+    if not action.startswith("post_"):
+        return
+    if reverse:
+        _touch(pk__in=pk_set or [])
+    else:
+        _touch(pk=instance.pk)
+
+
+def connect() -> None:
+    """Connect the receivers; called once from the app config."""
+    pre_save.connect(_item_saved, sender=Item, dispatch_uid="item_last_modified")
+    for model, receiver in (
+        (MetadataValue, _metadata_changed),
+        (Bundle, _bundle_changed),
+        (Bitstream, _bitstream_changed),
+        (ResourcePolicy, _policy_changed),
+    ):
+        post_save.connect(receiver, sender=model, dispatch_uid=f"{model.__name__}_saved_touches_item")
+        post_delete.connect(receiver, sender=model, dispatch_uid=f"{model.__name__}_deleted_touches_item")
+    m2m_changed.connect(_mapping_changed, sender=Item.mapped_collections.through, dispatch_uid="item_mapping_changed")
