@@ -11,10 +11,12 @@ import hashlib
 import logging
 import mimetypes
 import uuid as uuid_module
+import zipfile
+import zlib
 
 from django.core.files import File
 
-from aip.errors import ChecksumMismatchError
+from aip.errors import ChecksumMismatchError, InvalidPackageError
 from aip.mets.model import DimValue, FileRecord
 from aip.package import CHUNK_SIZE, PackageReader
 from repository.models import Bitstream, BitstreamFormat, bitstream_storage
@@ -56,9 +58,13 @@ class _HashingReader:
         return chunk
 
 
-def storage_name(bitstream_uuid: uuid_module.UUID) -> str:
-    """Return where a bitstream's file is stored: ``ab/cd/<uuid>``, as DSpace's assetstore spreads files."""
-    text = str(bitstream_uuid)
+def storage_name_new() -> str:
+    """Return a new storage name ``ab/cd/<random id>``, spread over folders as DSpace's assetstore does.
+
+    The name is independent of the bitstream's UUID, so a replaced bitstream that keeps
+    its UUID never writes over the file of the version it replaces.
+    """
+    text = uuid_module.uuid4().hex
     return f"{text[:2]}/{text[2:4]}/{text}"
 
 
@@ -67,16 +73,27 @@ def store_file(
 ) -> None:
     """Stream the file of ``record`` into storage for ``bitstream`` and verify size and MD5."""
     expected_size = reader.entry_size(record.href)
-    with reader.open_entry(record.href) as stream:
-        hashing = _HashingReader(stream)
-        content = File(hashing, name=record.href)
-        content.size = expected_size
-        name = bitstream_storage().save(storage_name(bitstream.uuid), content)
+    storage = bitstream_storage()
+    name = storage.get_available_name(storage_name_new())
+    # Recorded before writing, so that a failure half-way still deletes the partial file.
     stored.names.append(name)
+    try:
+        with reader.open_entry(record.href) as stream:
+            hashing = _HashingReader(stream)
+            content = File(hashing, name=record.href)
+            content.size = expected_size
+            saved = storage.save(name, content)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise InvalidPackageError(
+            f"Package {source}: file {record.href} cannot be read from the zip ({error}). "
+            "The package is damaged; use another copy of it."
+        ) from None
+    if saved != name:
+        stored.names.append(saved)
     stored.bytes += hashing.size
     digest = hashing.md5.hexdigest()
     _verify(record, digest, hashing.size, source=source)
-    bitstream.file.name = name
+    bitstream.file.name = saved
     bitstream.size_bytes = hashing.size
     bitstream.checksum = digest
     bitstream.checksum_algorithm = "MD5"

@@ -116,6 +116,9 @@ class _IngestRun:
                 self._map_into(self.done[pending.path], pending.listed_by)
                 continue
             result = self._ingest_path(pending, replace_handle if pending.is_top else None)
+            if result.obj is None:
+                # Skipped for a missing parent: a later listing (its owner's) may still ingest it.
+                continue
             self.done[pending.path] = result.obj
             self._map_into(result.obj, pending.listed_by)
             if self.options.recursive and result.follow_children:
@@ -142,7 +145,10 @@ class _IngestRun:
             site = self.objects.site_ingest(reader, manifest, source=source)
             if manifest.handle:
                 self.site_aliases.add(manifest.handle)
-            self.report.replaced.append(f"SITE {site.handle_string}")
+            if self.options.keep_existing:
+                self.report.skipped.append(f"SITE {site.handle_string} (exists; new people and groups added)")
+            else:
+                self.report.replaced.append(f"SITE {site.handle_string}")
             return _Result(obj=site, children=children, follow_children=True)
 
         parent = self._resolve_parent(manifest, pending.parent_handle, source=source)
@@ -184,7 +190,8 @@ class _IngestRun:
             )
         if not isinstance(parent, PARENT_TYPES[manifest.object_type]):
             raise InvalidPackageError(
-                f"Package {source}: a {manifest.object_type} cannot be placed under {parent.object_type} {handle}."
+                f"Package {source}: {manifest.object_type} packages cannot be placed under {parent.object_type} "
+                f"{handle}."
             )
         return parent
 
@@ -200,7 +207,7 @@ class _IngestRun:
             return None
         if existing.object_type != manifest.object_type:
             raise InvalidPackageError(
-                f"Package {source} is a {manifest.object_type}, but {handle} is a {existing.object_type}."
+                f"Package {source} has type {manifest.object_type}, but {handle} has type {existing.object_type}."
             )
         if not (self.options.keep_existing or self.options.replace):
             raise ObjectExistsError(
