@@ -125,6 +125,13 @@ AIP_SCHEMA_DIR = os.environ.get("AIP_SCHEMA_DIR", "")
 # mets.dspaceAIP.ingest.createSubmitter).
 AIP_CREATE_SUBMITTER = os.environ.get("AIP_CREATE_SUBMITTER", "false").lower() == "true"
 
+# Deposit licence given to items submitted (-s) into a collection that has no licence of its own.
+AIP_DEFAULT_LICENSE = os.environ.get(
+    "AIP_DEFAULT_LICENSE",
+    "By submitting this item you grant the repository the non-exclusive right to reproduce, "
+    "convert and distribute it in electronic form for preservation and access.",
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

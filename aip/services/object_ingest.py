@@ -17,6 +17,7 @@ from aip.services import bitstream_ingest
 from aip.services.bitstream_ingest import FormatRegistry, StoredFiles
 from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, values_replace
 from aip.services.roles_ingest import RolesIngester, free_uuid, policies_replace
+from repository.installation import installation_record, submission_record
 from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Item, Site, bitstream_storage
 
 MODELS = {"COMMUNITY": Community, "COLLECTION": Collection, "ITEM": Item}
@@ -81,7 +82,19 @@ class ObjectIngester:
         if manifest.handle and manifest.handle != obj.handle_string:
             self.handle_aliases[manifest.handle] = obj
         self._fill(obj, reader, manifest, source=source)
+        if isinstance(obj, Item) and not self.options.restore:
+            self._submit(obj, parent)
         return obj
+
+    def _submit(self, item: Item, collection: Collection) -> None:
+        """Give a submitted item what DSpace gives every new submission; a restore adds nothing."""
+        now = timezone.now()
+        if item.submitter_id is None:
+            item.submitter = self.current_user
+        self.stored.names.append(submission_record(item=item, collection=collection, submitter=item.submitter, now=now))
+        installation_record(item=item, now=now)
+        item.last_modified = now
+        item.save()
 
     def replace(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str):
         """Empty ``obj`` of everything a package carries, keeping its handle, UUID and parent, then refill it."""
