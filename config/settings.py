@@ -125,6 +125,29 @@ AIP_SCHEMA_DIR = os.environ.get("AIP_SCHEMA_DIR", "")
 # mets.dspaceAIP.ingest.createSubmitter).
 AIP_CREATE_SUBMITTER = os.environ.get("AIP_CREATE_SUBMITTER", "false").lower() == "true"
 
+# Which sections exports write, as DSpace's aip.disseminate.* settings choose crosswalks.
+# dmdSec types in order (MODS, DIM); DIM is the one ingest reads, so keep it.
+AIP_DISSEMINATE_DMD = [name.strip() for name in os.environ.get("AIP_DISSEMINATE_DMD", "MODS,DIM").split(",") if name.strip()]
+# Administrative sections: PREMIS and DSPACE-ROLES (techMD), DSpaceDepositLicense, CreativeCommonsRDF,
+# CreativeCommonsText and METSRIGHTS (rightsMD), AIP-TECHMD (sourceMD).
+AIP_DISSEMINATE_SECTIONS = [
+    name.strip()
+    for name in os.environ.get(
+        "AIP_DISSEMINATE_SECTIONS",
+        "PREMIS,DSPACE-ROLES,DSpaceDepositLicense,CreativeCommonsRDF,CreativeCommonsText,METSRIGHTS,AIP-TECHMD",
+    ).split(",")
+    if name.strip()
+]
+# Sections ingest reads past, as DSpace's mets.dspaceAIP.ingest.crosswalk.<type> = NULLSTREAM does.
+# Licences arrive anyway as files of the LICENSE and CC-LICENSE bundles.
+AIP_INGEST_IGNORED_SECTIONS = [
+    name.strip()
+    for name in os.environ.get(
+        "AIP_INGEST_IGNORED_SECTIONS", "DSpaceDepositLicense,CreativeCommonsRDF,CreativeCommonsText"
+    ).split(",")
+    if name.strip()
+]
+
 # Deposit licence given to items submitted (-s) into a collection that has no licence of its own.
 AIP_DEFAULT_LICENSE = os.environ.get(
     "AIP_DEFAULT_LICENSE",

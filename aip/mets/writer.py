@@ -25,6 +25,13 @@ METS_SCHEMA_URL = "http://www.loc.gov/standards/mets/mets.xsd"
 _DERIVATIVE_BUNDLES = ("THUMBNAIL", "TEXT")
 
 
+DEFAULT_DMD_TYPES = ("MODS", "DIM")
+# Every administrative section the writer can produce; DSpace's default configuration writes all of them.
+ADMIN_SECTIONS = frozenset(
+    {"PREMIS", "DSPACE-ROLES", "DSpaceDepositLicense", "CreativeCommonsRDF", "CreativeCommonsText", "METSRIGHTS", "AIP-TECHMD"}
+)
+
+
 @dataclass
 class WriterContext:
     """Values of the installation that appear in every manifest it writes."""
@@ -32,6 +39,9 @@ class WriterContext:
     custodian: str  # the site handle, "<prefix>/0"
     creator: str  # name of the software that wrote the package
     premis_urls: dict[str, str] = field(default_factory=dict)  # file ID -> PREMIS object identifier
+    # dmdSec types to write, in order, and the administrative sections to write.
+    dmd_types: tuple[str, ...] = DEFAULT_DMD_TYPES
+    admin_sections: frozenset[str] = ADMIN_SECTIONS
 
 
 def format_mets_datetime(moment: datetime) -> str:
@@ -59,10 +69,10 @@ def build_mets(manifest: PackageManifest, context: WriterContext) -> bytes:
     root = _build_root(manifest)
     _build_header(root, manifest, context)
 
-    dmd_ids = _add_descriptive(root, manifest.descriptive, manifest.object_type, ids)
+    dmd_ids = _add_descriptive(root, manifest.descriptive, manifest.object_type, ids, context.dmd_types)
     template_ids = None
     if manifest.template_descriptive is not None:
-        template_ids = _add_descriptive(root, manifest.template_descriptive, "ITEM", ids)
+        template_ids = _add_descriptive(root, manifest.template_descriptive, "ITEM", ids, context.dmd_types)
     object_amd_id = _add_amdsec(root, manifest.admin, ids, context=context, techmd_type=manifest.object_type)
     file_ids = _add_file_amdsecs(root, manifest, ids, context)
 
@@ -108,11 +118,15 @@ def _md_wrap(parent: etree._Element, md_type: str, content: etree._Element) -> N
     etree.SubElement(wrap, _mets("xmlData")).append(content)
 
 
-def _add_descriptive(root, sections: list[DescriptiveMetadata], object_type: str, ids: _IdCounter) -> list[str]:
-    """Add the MODS and DIM dmdSecs built from the DIM values, and return their IDs."""
+def _add_descriptive(
+    root, sections: list[DescriptiveMetadata], object_type: str, ids: _IdCounter, dmd_types: tuple[str, ...]
+) -> list[str]:
+    """Add the configured dmdSecs (MODS, DIM) built from the DIM values, and return their IDs."""
     dim_values = next((section.dim for section in sections if section.md_type == "DIM"), None) or []
+    builders = {"MODS": lambda: build_mods(dim_values), "DIM": lambda: build_dim(dim_values, object_type=object_type)}
     added = []
-    for md_type, content in (("MODS", build_mods(dim_values)), ("DIM", build_dim(dim_values, object_type=object_type))):
+    for md_type in dmd_types:
+        content = builders[md_type]()
         if md_type == "MODS" and len(content) == 0:
             # MODS requires at least one element, and no value here maps to one.
             continue
@@ -128,14 +142,17 @@ def _add_amdsec(
 ) -> str:
     amd_id = ids("amd")
     amd = etree.SubElement(root, _mets("amdSec"), ID=amd_id)
-    if admin.premis is not None:
+    wanted = context.admin_sections
+    if admin.premis is not None and "PREMIS" in wanted:
         techmd = etree.SubElement(amd, _mets("techMD"), ID=ids("techMD"))
         url = context.premis_urls.get(file_id or "", admin.premis.original_name or "")
         _md_wrap(techmd, "PREMIS", build_premis(admin.premis, identifier_url=url))
-    if admin.roles is not None and (admin.roles.groups or admin.roles.people):
+    if admin.roles is not None and (admin.roles.groups or admin.roles.people) and "DSPACE-ROLES" in wanted:
         techmd = etree.SubElement(amd, _mets("techMD"), ID=ids("techMD"))
         _md_wrap(techmd, "DSPACE-ROLES", build_roles(admin.roles))
     for md_type, href in admin.license_hrefs.items():
+        if md_type not in wanted:
+            continue
         rights = etree.SubElement(amd, _mets("rightsMD"), ID=ids("rightsMD"))
         mimetype = "text/xml" if md_type == "CreativeCommonsRDF" else "text/plain"
         reference = etree.SubElement(rights, _mets("mdRef"), LOCTYPE="URL")
@@ -144,10 +161,10 @@ def _add_amdsec(
         reference.set("MDTYPE", "OTHER")
         reference.set("OTHERMDTYPE", md_type)
         reference.set("MIMETYPE", mimetype)
-    if admin.policies is not None:
+    if admin.policies is not None and "METSRIGHTS" in wanted:
         rights = etree.SubElement(amd, _mets("rightsMD"), ID=ids("rightsMD"))
         _md_wrap(rights, "METSRIGHTS", build_metsrights(admin.policies))
-    if admin.techmd_dim is not None:
+    if admin.techmd_dim is not None and "AIP-TECHMD" in wanted:
         source = etree.SubElement(amd, _mets("sourceMD"), ID=ids("sourceMD"))
         _md_wrap(source, "AIP-TECHMD", build_dim(admin.techmd_dim, object_type=techmd_type))
     return amd_id

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+
 from aip import selectors
 from aip.mets.writer import WriterContext, build_mets
 from aip.options import ExportOptions
@@ -37,7 +39,13 @@ class ExportResult:
 
 
 def writer_context(premis_urls: dict[str, str]) -> WriterContext:
-    return WriterContext(custodian=selectors.site_handle(), creator=PRODUCER, premis_urls=premis_urls)
+    return WriterContext(
+        custodian=selectors.site_handle(),
+        creator=PRODUCER,
+        premis_urls=premis_urls,
+        dmd_types=tuple(settings.AIP_DISSEMINATE_DMD),
+        admin_sections=frozenset(settings.AIP_DISSEMINATE_SECTIONS),
+    )
 
 
 def _entry(name: str, bitstream: Bitstream | None) -> PackageEntry:

@@ -36,6 +36,7 @@ class ObjectIngester:
         self.fields = FieldRegistry(create_missing=options.create_metadata_fields)
         self.formats = FormatRegistry()
         self.handle_aliases: dict[str, object] = {}
+        self.ignored_sections = frozenset(settings.AIP_INGEST_IGNORED_SECTIONS)
         mode = "restore"
         if options.replace:
             mode = "replace"
@@ -44,6 +45,10 @@ class ObjectIngester:
         self.roles = RolesIngester(
             current_user=current_user, mode=mode, resolve_handle=self.resolve_handle, warn=warn
         )
+
+    def reads(self, section: str) -> bool:
+        """Tell whether ingest applies a section type (settings.AIP_INGEST_IGNORED_SECTIONS lists those it skips)."""
+        return section not in self.ignored_sections
 
     def resolve_handle(self, handle: str):
         """Return the object a package's handle means in this run.
@@ -128,11 +133,12 @@ class ObjectIngester:
 
     def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
         """Apply the package's sections in DSpace's order: roles, metadata, technical metadata, files, policies."""
-        if manifest.admin.roles is not None:
+        if manifest.admin.roles is not None and self.reads("DSPACE-ROLES"):
             self.roles.apply(manifest.admin.roles, owner=obj, source=source)
         values = self._descriptive_values(manifest.descriptive, source=source)
         if isinstance(obj, Item):
-            self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
+            if self.reads("AIP-TECHMD"):
+                self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
             values_replace(obj, values, self.fields, source=source)
             obj.name = first_title(values)
             obj.save()
@@ -145,7 +151,7 @@ class ObjectIngester:
             if isinstance(obj, Collection) and manifest.template_descriptive:
                 self._template(obj, manifest.template_descriptive, source=source)
             obj.save()
-        if manifest.admin.policies is not None:
+        if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
             policies_replace(
                 obj, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
             )
@@ -204,7 +210,7 @@ class ObjectIngester:
             if primary is not None:
                 bundle.primary_bitstream = primary
                 bundle.save(update_fields=["primary_bitstream"])
-            if record.admin.policies is not None:
+            if record.admin.policies is not None and self.reads("METSRIGHTS"):
                 policies_replace(
                     bundle, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
                 )
@@ -218,7 +224,7 @@ class ObjectIngester:
         bitstream_ingest.apply_technical_metadata(bitstream, record, self.formats)
         bitstream_ingest.store_file(reader, record, bitstream, self.stored, source=source)
         bitstream.save()
-        if record.admin.policies is not None:
+        if record.admin.policies is not None and self.reads("METSRIGHTS"):
             policies_replace(
                 bitstream, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
             )
@@ -254,7 +260,7 @@ class ObjectIngester:
                 f"{source}: the package is the site {manifest.handle}, and this installation is "
                 f"{site.handle_string}; its content is applied to this site."
             )
-        if manifest.admin.roles is not None:
+        if manifest.admin.roles is not None and self.reads("DSPACE-ROLES"):
             self.roles.apply(manifest.admin.roles, owner=None, is_site=True, source=source)
         if self.options.keep_existing:
             return site
@@ -264,7 +270,7 @@ class ObjectIngester:
         if kept_uuid:
             site.uuid = kept_uuid
         site.save()
-        if manifest.admin.policies is not None:
+        if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
             policies_replace(site, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn)
         return site
 
