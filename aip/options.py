@@ -10,8 +10,12 @@ from datetime import datetime, timezone
 
 from aip.errors import InvalidOptionError
 
-INGEST_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields", "dmd"}
-EXPORT_OPTIONS = {"passwords", "unauthorized", "updatedAfter", "filterBundles", "includeBundles"}
+INGEST_OPTIONS = {
+    "ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields", "dmd", "validate", "manifestOnly"
+}
+EXPORT_OPTIONS = {
+    "passwords", "unauthorized", "updatedAfter", "filterBundles", "includeBundles", "validate", "manifestOnly"
+}
 UNAUTHORIZED_VALUES = ("skip", "zero")
 BOOLEAN_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields"}
 
@@ -59,6 +63,9 @@ class IngestOptions:
     skip_if_parent_missing: bool = False
     create_metadata_fields: bool = True
     preferred_dmd: str | None = None
+    validate: bool = False
+    # Read packages as manifest-only METS files; packages named *.xml are read that way anyway.
+    manifest_only: bool = False
 
 
 def ingest_options(
@@ -79,6 +86,8 @@ def ingest_options(
         skip_if_parent_missing=_boolean(raw, "skipIfParentMissing", False),
         create_metadata_fields=_boolean(raw, "createMetadataFields", True),
         preferred_dmd=dmd,
+        validate=_boolean(raw, "validate", False),
+        manifest_only=_boolean(raw, "manifestOnly", False),
     )
 
 
@@ -94,6 +103,13 @@ class ExportOptions:
     # Bundle names to leave out, or (with ``only_bundles``) the only ones to keep.
     bundle_names: frozenset[str] = frozenset()
     only_bundles: bool = False
+    # Validation needs AIP_SCHEMA_DIR; when it is unset, only an explicit validate=true fails the export.
+    validate: bool = True
+    manifest_only: bool = False
+
+    @property
+    def extension(self) -> str:
+        return "xml" if self.manifest_only else "zip"
 
     def includes_bundle(self, name: str) -> bool:
         if not self.bundle_names:
@@ -119,7 +135,19 @@ def export_options(raw: dict[str, str], *, recursive: bool) -> ExportOptions:
         updated_after=_moment(raw, "updatedAfter"),
         bundle_names=bundle_names,
         only_bundles=only_bundles,
+        validate=_validate_export(raw),
+        manifest_only=_boolean(raw, "manifestOnly", False),
     )
+
+
+def _validate_export(options: dict[str, str]) -> bool:
+    """Return whether exports validate; an explicit validate=true needs the schema folder."""
+    validate = _boolean(options, "validate", True)
+    if validate and "validate" in options:
+        from aip.mets.validation import schema_dir_or_error
+
+        schema_dir_or_error()
+    return validate
 
 
 def _moment(options: dict[str, str], name: str) -> datetime | None:

@@ -157,6 +157,71 @@ class PackageReader:
             return stream.read()
 
 
+class ManifestOnlyReader:
+    """A manifest-only package: a METS file whose file references name files in its own folder.
+
+    It offers the same reading interface as ``PackageReader``. A reference must be a
+    plain file name, because the folder of the manifest is the whole package.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise InvalidPackageError(f"Package {path} does not exist. Check the file name.")
+        self.path = path
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ManifestOnlyReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def manifest_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+    def _file(self, name: str) -> Path:
+        if not name or "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute():
+            raise UnsafePackageError(f"Package {self.path} references a file outside its folder: {name!r}.")
+        path = self.path.parent / name
+        if not path.is_file():
+            raise InvalidPackageError(
+                f"Package {self.path} references the file {name!r}, which is not in {self.path.parent}."
+            )
+        return path
+
+    def entry_size(self, name: str) -> int:
+        return self._file(name).stat().st_size
+
+    def open_entry(self, name: str) -> BinaryIO:
+        return self._file(name).open("rb")
+
+    def read_entry(self, name: str) -> bytes:
+        return self._file(name).read_bytes()
+
+
+def package_open(path: Path, *, manifest_only: bool = False) -> PackageReader | ManifestOnlyReader:
+    """Open a package: a zip, or a manifest-only METS file (``manifest_only`` or a name ending in ``.xml``)."""
+    if manifest_only or path.suffix.lower() == ".xml":
+        return ManifestOnlyReader(path)
+    return PackageReader(path)
+
+
+def write_manifest_only(path: Path, *, manifest: bytes) -> None:
+    """Write a manifest-only package: the METS file alone, renamed into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as target:
+            target.write(manifest)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def md5_of(stream: BinaryIO) -> tuple[str, int]:
     """Return the MD5 hex digest and the size of everything left in ``stream``."""
     digest = hashlib.md5()

@@ -103,9 +103,12 @@ def parent_handle_of(obj) -> str | None:
     return None
 
 
-def package_file_name(obj) -> str:
-    """Return the DSpace name of an object's package: ``<TYPE>@<handle with dashes>.zip``."""
+def package_file_name(obj, extension: str = "zip") -> str:
+    """Return the DSpace name of an object's package: ``<TYPE>@<handle with dashes>.zip``.
+
+    Manifest-only packages end in ``.xml`` instead.
+    """
     handle = obj.handle_string
     if handle:
-        return f"{obj.object_type}@{handle.replace('/', '-')}.zip"
-    return f"{obj.object_type}@internal-id-{obj.uuid}.zip"
+        return f"{obj.object_type}@{handle.replace('/', '-')}.{extension}"
+    return f"{obj.object_type}@internal-id-{obj.uuid}.{extension}"

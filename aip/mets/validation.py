@@ -73,6 +73,18 @@ class _LocalResolver(etree.Resolver):
         return self.resolve_string(data, context, base_url=str(path))
 
 
+def schema_dir_or_error() -> str:
+    """Return settings.AIP_SCHEMA_DIR, or raise when validation was requested without it."""
+    from django.conf import settings
+
+    if not settings.AIP_SCHEMA_DIR:
+        raise SchemaUnavailableError(
+            "Validation needs the folder of local METS, MODS, PREMIS and METSRights schemas: set AIP_SCHEMA_DIR, "
+            "or run with -o validate=false."
+        )
+    return settings.AIP_SCHEMA_DIR
+
+
 @lru_cache(maxsize=4)
 def load_schema(schema_dir: str) -> etree.XMLSchema:
     """Return the validator for AIP manifests built from the folder ``schema_dir``."""

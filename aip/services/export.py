@@ -20,7 +20,8 @@ from django.conf import settings
 from aip import selectors
 from aip.mets.writer import WriterContext, build_mets
 from aip.options import ExportOptions
-from aip.package import PackageEntry, write_package
+from aip.mets.validation import validate_manifest
+from aip.package import PackageEntry, write_manifest_only, write_package
 from aip.errors import AipError
 from aip.services.manifests import UnreadableBitstreamError, manifest_for
 from repository.models import Bitstream, Item
@@ -77,9 +78,14 @@ def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
     """Write the AIP of ``obj`` (without its descendants) to ``path``."""
     content = manifest_for(obj, options)
     manifest = build_mets(content.manifest, writer_context(content.premis_urls))
+    if options.validate and settings.AIP_SCHEMA_DIR:
+        validate_manifest(manifest, schema_dir=settings.AIP_SCHEMA_DIR, source=path.name)
     entries = [_entry(name, bitstream) for name, bitstream in content.files]
     try:
-        write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)
+        if options.manifest_only:
+            write_manifest_only(path, manifest=manifest)
+        else:
+            write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)
     except OSError as error:
         raise AipError(
             f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
@@ -115,6 +121,6 @@ def object_export(
             children = selectors.children_of(current)
             # Reversed so that the stack pops children in package order.
             for child in reversed(children):
-                pending.append((child, path.parent / selectors.package_file_name(child)))
+                pending.append((child, path.parent / selectors.package_file_name(child, options.extension)))
     result.seconds = time.monotonic() - started
     return result

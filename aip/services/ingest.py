@@ -23,7 +23,8 @@ from aip import selectors
 from aip.errors import InvalidPackageError, MissingParentError, ObjectExistsError, UnsafePackageError
 from aip.mets.reader import read_manifest
 from aip.options import IngestOptions
-from aip.package import PackageReader
+from aip.mets.validation import schema_dir_or_error, validate_manifest
+from aip.package import package_open
 from aip.services.bitstream_ingest import StoredFiles
 from aip.services.handles import handle_assign
 from aip.services.object_ingest import ObjectIngester
@@ -134,8 +135,11 @@ class _IngestRun:
                 raise InvalidPackageError(message + " Add it, or run with -o skipIfParentMissing=true to skip it.")
             self.warn(message + " Skipped.")
             return _Result(obj=None, children=[], follow_children=False)
-        with PackageReader(pending.path) as reader:
-            manifest = read_manifest(reader.manifest_bytes(), source=pending.path.name)
+        with package_open(pending.path, manifest_only=self.options.manifest_only) as reader:
+            data = reader.manifest_bytes()
+            if self.options.validate:
+                validate_manifest(data, schema_dir=schema_dir_or_error(), source=pending.path.name)
+            manifest = read_manifest(data, source=pending.path.name)
             return self._ingest_manifest(reader, manifest, pending, replace_handle)
 
     def _ingest_manifest(self, reader, manifest, pending: _Pending, replace_handle: str | None) -> _Result:

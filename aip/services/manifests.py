@@ -382,9 +382,15 @@ def _license_hrefs(bundles: list[BundleRecord]) -> dict[str, str]:
 
 def manifest_for(obj, options: ExportOptions) -> PackageContent:
     if isinstance(obj, Site):
-        return site_manifest(obj, include_passwords=options.include_passwords)
-    if isinstance(obj, Community):
-        return community_manifest(obj, options)
-    if isinstance(obj, Collection):
-        return collection_manifest(obj, options)
-    return item_manifest(obj, options)
+        content = site_manifest(obj, include_passwords=options.include_passwords)
+    elif isinstance(obj, Community):
+        content = community_manifest(obj, options)
+    elif isinstance(obj, Collection):
+        content = collection_manifest(obj, options)
+    else:
+        content = item_manifest(obj, options)
+    if options.manifest_only:
+        # Children of a manifest-only package are manifest-only packages too.
+        for child in content.manifest.children:
+            child.href = child.href.removesuffix(".zip") + ".xml" if child.href else None
+    return content
