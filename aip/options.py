@@ -52,7 +52,7 @@ def _boolean(options: dict[str, str], name: str, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How an ingest run treats handles, parents, metadata fields and dmdSecs."""
+    """Settings of one ingest run: mode, handle and parent sources, metadata registry use, dmdSec choice."""
 
     restore: bool = True
     keep_existing: bool = False
@@ -64,12 +64,20 @@ class IngestOptions:
     create_metadata_fields: bool = True
     preferred_dmd: str | None = None
     validate: bool = False
+    # Submitted items enter their collection's approval workflow unless -w turns it off.
+    use_workflow: bool = True
     # Read packages as manifest-only METS files; packages named *.xml are read that way anyway.
     manifest_only: bool = False
 
 
 def ingest_options(
-    raw: dict[str, str], *, restore: bool, keep_existing: bool = False, replace: bool = False, recursive: bool = False
+    raw: dict[str, str],
+    *,
+    restore: bool,
+    keep_existing: bool = False,
+    replace: bool = False,
+    recursive: bool = False,
+    use_workflow: bool = True,
 ) -> IngestOptions:
     """Return validated ingest options; submit mode defaults ignoreHandle and ignoreParent to true."""
     _check_names(raw, INGEST_OPTIONS, "ingest")
@@ -88,12 +96,13 @@ def ingest_options(
         preferred_dmd=dmd,
         validate=_boolean(raw, "validate", False),
         manifest_only=_boolean(raw, "manifestOnly", False),
+        use_workflow=use_workflow,
     )
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What an export includes: descendants, password hashes, and what to do with unreadable files."""
+    """Settings of one export run: descendants, password hashes, unreadable files, item and bundle filters."""
 
     recursive: bool = False
     include_passwords: bool = False

@@ -417,3 +417,51 @@ class ResourcePolicy(models.Model):
 def object_kwargs(obj: models.Model) -> dict[str, models.Model]:
     """Return the keyword that points a metadata value or policy at ``obj``."""
     return {obj._meta.model_name: obj}
+
+
+class WorkflowItem(models.Model):
+    """An item's passage through its collection's approval workflow (DSpace's basic workflow).
+
+    Each of the collection's three steps is run by the group in ``Collection.workflow_step_<n>``,
+    and steps without a group are skipped. The row stays after the item is installed or
+    rejected, as the record of the last step and of who decided it.
+    """
+
+    class Step(models.IntegerChoices):
+        REVIEW = 1, "review"
+        CHECK = 2, "check"
+        FINAL_EDIT = 3, "final edit"
+
+    class State(models.TextChoices):
+        WAITING = "waiting", "waiting"
+        INSTALLED = "installed", "approved and installed"
+        REJECTED = "rejected", "rejected"
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="workflow_item")
+    collection = models.ForeignKey(Collection, on_delete=models.PROTECT, related_name="workflow_items")
+    # The step the item waits in, or the step in which it was installed or rejected.
+    step = models.PositiveSmallIntegerField(choices=Step.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.WAITING, db_index=True)
+    # Who claimed the current step; kept after the last approval or a rejection as the person who decided.
+    owner = models.ForeignKey(
+        EPerson, null=True, blank=True, on_delete=models.SET_NULL, related_name="claimed_workflow_items"
+    )
+    submitter = models.ForeignKey(
+        EPerson, null=True, blank=True, on_delete=models.SET_NULL, related_name="workflow_submissions"
+    )
+    # The reviewer's reason for a rejection, sent back to the submitter.
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(step__gte=1, step__lte=3), name="workflowitem_step_1_to_3"),
+            models.CheckConstraint(
+                condition=~Q(state="rejected") | ~Q(reason=""), name="workflowitem_rejection_has_reason"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item} ({self.get_state_display()}, step {self.step})"

@@ -1,8 +1,8 @@
 """Describe one repository object as a ``PackageManifest`` for the METS writer.
 
-Each ``*_manifest`` function reads one object with its relations in a fixed
-number of queries and returns the manifest plus the bitstreams whose files go
-into the package.
+Each ``*_manifest`` function reads one object with its relations (prefetched
+where it matters: an item's bundles, bitstreams and policies) and returns the
+manifest plus the bitstreams whose files go into the package.
 """
 from __future__ import annotations
 

@@ -35,6 +35,10 @@ class Command(BaseCommand):
         parser.add_argument("-r", "--restore", action="store_true", help="Restore handles and parents from the AIP.")
         parser.add_argument("-k", "--keep-existing", action="store_true", help="With -r: skip objects that exist.")
         parser.add_argument("-f", "--force-replace", action="store_true", help="With -r: replace objects that exist.")
+        parser.add_argument(
+            "-w", "--no-workflow", action="store_true",
+            help="Submit: install items at once instead of sending them through the collection's workflow.",
+        )
         parser.add_argument("-p", "--parent", action="append", default=[], help="Handle of the parent for ingest.")
         parser.add_argument(
             "-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="Packager option; repeatable."
@@ -102,6 +106,7 @@ class Command(BaseCommand):
             keep_existing=options["keep_existing"],
             replace=options["force_replace"],
             recursive=options["all"],
+            use_workflow=not options["no_workflow"],
         )
         if options["force_replace"]:
             self._confirm_replace(options)
