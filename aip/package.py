@@ -127,6 +127,10 @@ class PackageReader:
     def close(self) -> None:
         self._zip.close()
 
+    def entry_names(self) -> set[str] | None:
+        """Return the names of every entry of the zip."""
+        return set(self._entries)
+
     def __enter__(self) -> PackageReader:
         return self
 
@@ -171,6 +175,10 @@ class ManifestOnlyReader:
 
     def close(self) -> None:
         pass
+
+    def entry_names(self) -> set[str] | None:
+        """Return None: the folder of a manifest-only package may hold other packages' files too."""
+        return None
 
     def __enter__(self) -> ManifestOnlyReader:
         return self

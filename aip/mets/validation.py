@@ -15,6 +15,7 @@ from pathlib import Path
 from lxml import etree
 
 from aip.errors import AipError, InvalidPackageError
+from aip.mets.xmlsafe import parse_xml
 
 DRIVER_SCHEMA = "dspace-aip-all.xsd"
 CATALOG = "catalog.xml"
@@ -105,8 +106,11 @@ def load_schema(schema_dir: str) -> etree.XMLSchema:
 def validate_manifest(data: bytes, *, schema_dir: str, source: str) -> None:
     """Raise ``InvalidPackageError`` listing the first schema errors of a mets.xml."""
     schema = load_schema(schema_dir)
-    document = etree.fromstring(data, etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False))
-    if schema.validate(document):
-        return
+    document = parse_xml(data, source=source)
+    try:
+        if schema.validate(document):
+            return
+    except etree.XMLSchemaValidateError as error:
+        raise InvalidPackageError(f"{source}: mets.xml could not be validated: {error}") from None
     errors = "; ".join(f"line {entry.line}: {entry.message}" for entry in list(schema.error_log)[:5])
     raise InvalidPackageError(f"{source}: mets.xml is not valid against the AIP schemas: {errors}")

@@ -125,7 +125,7 @@ class _IngestRun:
             if self.options.recursive and result.follow_children:
                 listed_by = result.obj if isinstance(result.obj, Collection) else None
                 for href in reversed(result.children):
-                    child_path = _child_path(pending.path, href)
+                    child_path = child_package_path(pending.path, href)
                     stack.append(_Pending(path=child_path, parent_handle=None, listed_by=listed_by, is_top=False))
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
@@ -137,9 +137,10 @@ class _IngestRun:
             return _Result(obj=None, children=[], follow_children=False)
         with package_open(pending.path, manifest_only=self.options.manifest_only) as reader:
             data = reader.manifest_bytes()
+            # The hardened parser of read_manifest sees the XML before the schema validator does.
+            manifest = read_manifest(data, source=pending.path.name)
             if self.options.validate:
                 validate_manifest(data, schema_dir=schema_dir_or_error(), source=pending.path.name)
-            manifest = read_manifest(data, source=pending.path.name)
             return self._ingest_manifest(reader, manifest, pending, replace_handle)
 
     def _ingest_manifest(self, reader, manifest, pending: _Pending, replace_handle: str | None) -> _Result:
@@ -232,7 +233,7 @@ class _Result:
     follow_children: bool
 
 
-def _child_path(parent_path: Path, href: str) -> Path:
+def child_package_path(parent_path: Path, href: str) -> Path:
     """Resolve a child package reference inside the folder of its parent package."""
     name = Path(href)
     if name.is_absolute() or ".." in name.parts or len(name.parts) != 1:

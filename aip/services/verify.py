@@ -27,16 +27,14 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.conf import settings
-
 from aip import selectors
 from aip.errors import AipError, InvalidOptionError
 from aip.mets.model import FileRecord, PackageManifest
 from aip.mets.reader import read_manifest
-from aip.mets.validation import SchemaUnavailableError, load_schema, validate_manifest
-from aip.package import MANIFEST_NAME, PackageReader, md5_of
+from aip.mets.validation import SchemaUnavailableError, load_schema, schema_dir_or_error, validate_manifest
+from aip.package import MANIFEST_NAME, ManifestOnlyReader, PackageReader, md5_of, package_open
 from aip.services.bitstream_ingest import is_placeholder
-from aip.services.ingest import _child_path
+from aip.services.ingest import child_package_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ VERIFY_OPTIONS = {"validate"}
 # Types a package's parent may have, by the package's own type, as restore requires.
 PARENT_TYPES = {"COMMUNITY": ("SITE", "COMMUNITY"), "COLLECTION": ("COMMUNITY",), "ITEM": ("COLLECTION",)}
 
-# What reading a damaged zip entry raises: a CRC or header error (BadZipFile), broken
+# Exceptions that reading a damaged zip raises: a CRC or header error (BadZipFile), broken
 # deflate, bzip2 or LZMA data (zlib.error, OSError, LZMAError), a truncated entry
 # (EOFError), and an encrypted entry or unsupported compression method (RuntimeError,
 # which includes NotImplementedError).
@@ -54,7 +52,7 @@ ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSE
 
 @dataclass
 class VerifyReport:
-    """Problems that would make a restore fail, warnings, and what a verify run checked."""
+    """Problems that would make a restore fail, warnings, and the counts of one verify run."""
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -80,7 +78,7 @@ class VerifyReport:
 
 @dataclass
 class _PackageFacts:
-    """What the parent check needs from one package that was read."""
+    """Type, handle and parent handle of one package that was read, for the parent check."""
 
     name: str
     object_type: str
@@ -129,14 +127,8 @@ def tree_verify(*, path: Path, recursive: bool, validate: bool) -> VerifyReport:
 
 def _schema_dir(report: VerifyReport) -> str | None:
     """Return the schema folder for validation, or record why validation cannot run and return None."""
-    schema_dir = settings.AIP_SCHEMA_DIR
-    if not schema_dir:
-        report.problem(
-            "validate=true needs the METS, MODS, PREMIS and METSRights schemas, but AIP_SCHEMA_DIR is not set. "
-            "Set it to the schema folder, or run without -o validate=true. No manifest was validated."
-        )
-        return None
     try:
+        schema_dir = schema_dir_or_error()
         load_schema(str(schema_dir))
     except SchemaUnavailableError as error:
         report.problem(f"{error} No manifest was validated.")
@@ -148,11 +140,13 @@ def _package_verify(path: Path, *, schema_dir: str | None, report: VerifyReport)
     """Check one package and return its manifest, or None when the manifest cannot be read."""
     report.packages += 1
     try:
-        with PackageReader(path) as reader:
+        with package_open(path) as reader:
             manifest = _manifest_read(reader, path.name, schema_dir=schema_dir, report=report)
             if manifest is not None:
-                referenced = _files_verify(reader, manifest, path.name, report)
-                _unlisted_entries_warn(path, referenced, report)
+                entry_names = reader.entry_names()
+                referenced = _files_verify(reader, manifest, entry_names, path.name, report)
+                if entry_names is not None:
+                    _unlisted_entries_warn(entry_names - referenced, path.name, report)
             return manifest
     except AipError as error:
         report.problem(_with_package(str(error), path.name))
@@ -162,7 +156,7 @@ def _package_verify(path: Path, *, schema_dir: str | None, report: VerifyReport)
 
 
 def _manifest_read(
-    reader: PackageReader, name: str, *, schema_dir: str | None, report: VerifyReport
+    reader: PackageReader | ManifestOnlyReader, name: str, *, schema_dir: str | None, report: VerifyReport
 ) -> PackageManifest | None:
     data = reader.manifest_bytes()
     try:
@@ -209,25 +203,32 @@ def _referenced_files(manifest: PackageManifest) -> dict[str, list[FileRecord]]:
     return referenced
 
 
-def _files_verify(reader: PackageReader, manifest: PackageManifest, name: str, report: VerifyReport) -> set[str]:
-    """Check every file the manifest names and return the entry names it names."""
+def _files_verify(
+    reader: PackageReader | ManifestOnlyReader,
+    manifest: PackageManifest,
+    entry_names: set[str] | None,
+    name: str,
+    report: VerifyReport,
+) -> set[str]:
+    """Check every file the manifest names and return the names of those entries."""
     referenced = _referenced_files(manifest)
-    entries = set(reader.entry_names()) if hasattr(reader, "entry_names") else None
     for href, records in referenced.items():
-        _entry_verify(reader, href, records, name, report, entries)
+        if entry_names is not None and href not in entry_names:
+            report.problem(f"{name}: file {href} is named in the manifest but missing from the zip.")
+            continue
+        try:
+            _entry_verify(reader, href, records, name, report)
+        except AipError as error:
+            # A manifest-only package reports a missing or unsafe file reference here.
+            report.problem(str(error))
     return set(referenced)
 
 
-def _entry_verify(
-    reader: PackageReader, href: str, records: list[FileRecord], name: str, report: VerifyReport, entries
-) -> None:
+def _entry_verify(reader: PackageReader | ManifestOnlyReader, href: str, records: list[FileRecord], name: str, report: VerifyReport) -> None:
     """Stream one entry once and compare it with each file element that describes it."""
     try:
         with reader.open_entry(href) as stream:
             digest, size = md5_of(stream)
-    except AipError:
-        report.problem(f"{name}: file {href} is named in the manifest but missing from the zip.")
-        return
     except ZIP_READ_ERRORS as error:
         report.problem(f"{name}: file {href} cannot be read from the zip ({error}). The package is damaged.")
         return
@@ -237,10 +238,134 @@ def _entry_verify(
     for record in records:
         for mismatch in _stated_mismatches(record, digest, size):
             report.problem(f"{name}: file {href} {mismatch}")
-        for skipped in _unchecked_digests(record):
-            report.warn(f"{name}: file {href} {skipped}")
+        for unchecked in _unchecked_digests(record):
+            report.warn(f"{name}: file {href} {unchecked}")
         if is_placeholder(reader, record):
             report.warn(
                 f"{name}: file {href} is an empty placeholder for content the exporter could not read; "
                 "a restore skips it."
             )
+
+
+def _stated_mismatches(record: FileRecord, digest: str, size: int) -> list[str]:
+    """Describe each size or MD5 stated by the file element or its PREMIS that differs from the entry.
+
+    Only MD5 digests are compared, and a digest without an algorithm is taken as MD5,
+    as restore does.
+    """
+    premis = record.admin.premis
+    mismatches = []
+    if record.size is not None and record.size != size:
+        mismatches.append(f"has {size} bytes, but file element {record.id!r} states SIZE {record.size}.")
+    if premis is not None and premis.size is not None and premis.size != size:
+        mismatches.append(f"has {size} bytes, but the PREMIS size of file element {record.id!r} is {premis.size}.")
+    if record.checksum and _is_md5(record.checksum_type) and record.checksum.lower() != digest:
+        mismatches.append(f"has MD5 {digest}, but file element {record.id!r} states CHECKSUM {record.checksum}.")
+    if premis is not None and premis.digest and _is_md5(premis.digest_algorithm) and premis.digest != digest:
+        mismatches.append(
+            f"has MD5 {digest}, but the PREMIS messageDigest of file element {record.id!r} is {premis.digest}."
+        )
+    return mismatches
+
+
+def _unchecked_digests(record: FileRecord) -> list[str]:
+    """Describe each digest of the file element or its PREMIS that is not MD5, so cannot be compared."""
+    premis = record.admin.premis
+    unchecked = []
+    if record.checksum and not _is_md5(record.checksum_type):
+        unchecked.append(f"has a {record.checksum_type} CHECKSUM in file element {record.id!r}, which is not checked.")
+    if premis is not None and premis.digest and not _is_md5(premis.digest_algorithm):
+        unchecked.append(
+            f"has a {premis.digest_algorithm} PREMIS digest in file element {record.id!r}, which is not checked."
+        )
+    return unchecked
+
+
+def _is_md5(algorithm: str | None) -> bool:
+    return (algorithm or "MD5").upper() == "MD5"
+
+
+def _unlisted_entries_warn(unlisted: set[str], name: str, report: VerifyReport) -> None:
+    for entry in sorted(unlisted - {MANIFEST_NAME}):
+        report.warn(f"{name}: zip entry {entry} is not named in the manifest; a restore ignores it.")
+
+
+# --- children and parents -----------------------------------------------------------------
+
+
+def _child_paths(path: Path, manifest: PackageManifest, report: VerifyReport) -> list[Path]:
+    """Return the child packages that exist, in manifest order, recording unsafe and missing ones."""
+    paths = []
+    for child in manifest.children:
+        label = f"{child.object_type} {child.handle}" if child.handle else child.object_type
+        if child.href is None:
+            report.warn(f"{path.name}: the child {label} has a URL mptr without an href; a restore ignores it.")
+            continue
+        try:
+            child_path = child_package_path(path, child.href)
+        except AipError as error:
+            report.problem(str(error))
+            continue
+        if not _is_file(child_path):
+            report.problem(f"{path.name}: child package {child.href} ({label}) is missing from {path.parent}.")
+            continue
+        paths.append(child_path)
+    return paths
+
+
+def _is_file(path: Path) -> bool:
+    # Path.is_file raises on some errors, such as a name longer than the file system allows.
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _facts(name: str, manifest: PackageManifest) -> _PackageFacts:
+    return _PackageFacts(
+        name=name, object_type=manifest.object_type, handle=manifest.handle, parent_handle=manifest.parent_handle
+    )
+
+
+def _parents_verify(packages: list[_PackageFacts], report: VerifyReport) -> None:
+    """Check that every package's parent is a package of this run or an object of the repository."""
+    tree_types = {package.handle: package.object_type for package in packages if package.handle}
+    repository_types: dict[str, str | None] = {}
+    for package in packages:
+        if package.object_type == "SITE":
+            continue
+        handle = package.parent_handle
+        if handle is None:
+            report.problem(
+                f"{package.name}: the manifest names no parent (no \"Parent\" structMap), so a restore needs -p HANDLE."
+            )
+            continue
+
+        parent_type = tree_types.get(handle)
+        if parent_type is None:
+            if handle not in repository_types:
+                repository_types[handle] = _repository_type(handle)
+            parent_type = repository_types[handle]
+        _parent_type_verify(package, parent_type, report)
+
+
+def _parent_type_verify(package: _PackageFacts, parent_type: str | None, report: VerifyReport) -> None:
+    allowed = PARENT_TYPES[package.object_type]
+    if parent_type is None:
+        report.problem(
+            f"parent {package.parent_handle} of package {package.name} is neither in this tree nor in the repository."
+        )
+    elif parent_type not in allowed:
+        report.problem(
+            f"{package.name}: {package.object_type} packages can only be placed under {' or '.join(allowed)}, "
+            f"but parent {package.parent_handle} has type {parent_type}."
+        )
+
+
+def _repository_type(handle: str) -> str | None:
+    """Return the object type that ``handle`` has in the repository, or None, without writing anything."""
+    # object_by_handle creates the Site when none exists, so the site handle is checked here instead.
+    if handle == selectors.site_handle():
+        return "SITE"
+    obj = selectors.object_by_handle(handle)
+    return obj.object_type if obj is not None else None

@@ -11,6 +11,7 @@ from aip.errors import AipError
 from aip.options import export_options, ingest_options, parse_option_pairs
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
+from aip.services.verify import tree_verify, verify_validate_option
 from repository.models import EPerson
 from repository.permissions import is_administrator
 
@@ -47,12 +48,20 @@ class Command(BaseCommand):
             "-u", "--no-user-interaction", "--yes", action="store_true",
             help="Never prompt; with -r -f this confirms that existing objects may be replaced.",
         )
+        parser.add_argument(
+            "--verify", action="store_true",
+            help="Check FILE (with -a, its whole tree) as a restore would, writing nothing: manifests, file sizes "
+            "and MD5s, child packages and parents. With -o validate=true, also check manifests against the schemas "
+            "in AIP_SCHEMA_DIR. Exits with an error if any problem is found.",
+        )
 
     def handle(self, *args, **options) -> None:
         self.verbosity = options["verbosity"]
         try:
             self._check_common(options)
-            if options["disseminate"]:
+            if options["verify"]:
+                self._verify(options)
+            elif options["disseminate"]:
                 self._export(options)
             else:
                 self._ingest(options)
@@ -89,6 +98,24 @@ class Command(BaseCommand):
             f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
             f"in {result.seconds:.1f} s into {path.parent}{unchanged}"
         )
+
+    def _verify(self, options: dict) -> None:
+        modes = ("disseminate", "submit", "restore", "keep_existing", "force_replace")
+        if any(options[mode] for mode in modes):
+            raise CommandError("--verify cannot be combined with -d, -s, -r, -k or -f.")
+        validate = verify_validate_option(parse_option_pairs(options["option"]))
+        path = Path(options["file"]).resolve()
+        report = tree_verify(path=path, recursive=options["all"], validate=validate)
+        for problem in report.problems:
+            self.stderr.write(f"PROBLEM: {problem}")
+        for warning in report.warnings:
+            self.stderr.write(f"WARNING: {warning}")
+        self.stdout.write(report.summary())
+        if report.problems:
+            raise CommandError(
+                f"Verify found {len(report.problems)} problem(s) in {path.name}"
+                f"{' and its child packages' if options['all'] else ''}; each is listed above as PROBLEM."
+            )
 
     def _progress_printer(self):
         if self.verbosity < 2 and not sys.stdout.isatty():
