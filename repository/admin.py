@@ -7,9 +7,15 @@ they describe the stored file, and changing them by hand would make fixity check
 """
 from __future__ import annotations
 
-from django.contrib import admin
+import logging
+from collections.abc import Callable
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
+from django.template.response import TemplateResponse
 
 from .models import (
     OBJECT_FIELDS,
@@ -27,7 +33,11 @@ from .models import (
     MetadataValue,
     ResourcePolicy,
     Site,
+    WorkflowItem,
 )
+from .workflow import WorkflowError, workflow_approve, workflow_claim, workflow_reject, workflow_unclaim
+
+logger = logging.getLogger(__name__)
 
 
 @admin.display(description="handle", ordering="handle__handle")
@@ -260,3 +270,153 @@ class ResourcePolicyAdmin(admin.ModelAdmin):
     search_fields = ("name", "group__name", "eperson__email")
     autocomplete_fields = ("group", "eperson")
     raw_id_fields = OBJECT_FIELDS
+
+
+class WorkflowRejectForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5, "cols": 80}),
+        help_text="Stored with every selected item for its submitter.",
+    )
+
+
+@admin.register(WorkflowItem)
+class WorkflowItemAdmin(admin.ModelAdmin):
+    """Items in collection workflows, with actions that run as the EPerson of the logged-in user.
+
+    A superuser without an EPerson acts as an administrator. Rows change only through the
+    workflow services, so they cannot be added or edited here.
+    """
+
+    list_display = ("item", "item_handle", "collection", "step", "state", "owner", "submitter", "updated")
+    list_filter = ("state", "step", "collection")
+    list_select_related = ("item__handle", "collection", "owner", "submitter")
+    search_fields = ("item__name", "item__handle__handle")
+    readonly_fields = ("item", "collection", "step", "state", "owner", "submitter", "reason", "created", "updated")
+    actions = ("approve", "reject", "claim", "unclaim")
+
+    @admin.display(description="handle", ordering="item__handle__handle")
+    def item_handle(self, obj: WorkflowItem) -> str | None:
+        return obj.item.handle_string
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # The actions need the model's change permission, but a single row is only shown, never edited.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.action(description="Approve selected workflow items", permissions=["change"])
+    def approve(self, request, queryset) -> None:
+        outcomes = self._run_each(
+            request,
+            queryset,
+            "approve",
+            lambda workflow_item, person, superuser: workflow_approve(
+                workflow_item=workflow_item, person=person, claim=True, superuser=superuser
+            ),
+        )
+        if outcomes:
+            installed = sum(1 for outcome in outcomes if outcome.state == WorkflowItem.State.INSTALLED)
+            self.message_user(
+                request,
+                f"Approved {self._count(outcomes, 'workflow item')}: {installed} installed, "
+                f"{len(outcomes) - installed} moved to their next step.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Reject selected workflow items…", permissions=["change"])
+    def reject(self, request, queryset) -> TemplateResponse | None:
+        # The first request shows the reason form, and submitting that form (it posts "apply") runs the rejection.
+        form = WorkflowRejectForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
+            outcomes = self._run_each(
+                request,
+                queryset,
+                "reject",
+                lambda workflow_item, person, superuser: workflow_reject(
+                    workflow_item=workflow_item, person=person, reason=reason, claim=True, superuser=superuser
+                ),
+            )
+            if outcomes:
+                self.message_user(request, f"Rejected {self._count(outcomes, 'workflow item')}.", messages.SUCCESS)
+            return None
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reject workflow items",
+            "opts": self.model._meta,
+            "form": form,
+            "workflow_items": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/repository/workflowitem/reject.html", context)
+
+    @admin.action(description="Claim selected workflow items", permissions=["change"])
+    def claim(self, request, queryset) -> None:
+        outcomes = self._run_each(
+            request,
+            queryset,
+            "claim",
+            lambda workflow_item, person, superuser: workflow_claim(
+                workflow_item=workflow_item, person=person, superuser=superuser
+            ),
+        )
+        if outcomes:
+            self.message_user(request, f"Claimed {self._count(outcomes, 'workflow item')}.", messages.SUCCESS)
+
+    @admin.action(description="Return selected workflow items to the pool", permissions=["change"])
+    def unclaim(self, request, queryset) -> None:
+        outcomes = self._run_each(
+            request,
+            queryset,
+            "unclaim",
+            lambda workflow_item, person, superuser: workflow_unclaim(
+                workflow_item=workflow_item, person=person, superuser=superuser
+            ),
+        )
+        if outcomes:
+            self.message_user(
+                request, f"Returned {self._count(outcomes, 'workflow item')} to the pool.", messages.SUCCESS
+            )
+
+    def _run_each(
+        self, request, queryset, action: str, service: Callable[[WorkflowItem, EPerson | None, bool], WorkflowItem]
+    ) -> list[WorkflowItem]:
+        """Call ``service(workflow_item, person, superuser)`` on every selected row and return the results.
+
+        Each ``WorkflowError`` becomes an error message and a log line, and the other rows still run.
+        """
+        try:
+            person = request.user.eperson
+        except EPerson.DoesNotExist:
+            person = None
+        superuser = person is None and request.user.is_superuser
+        if person is None and not superuser:
+            self.message_user(
+                request,
+                f"User {request.user.get_username()} is not linked to an EPerson, so they cannot act in a workflow. "
+                "Link an EPerson to the user on its EPerson page.",
+                messages.ERROR,
+            )
+            return []
+
+        outcomes = []
+        for workflow_item in queryset:
+            try:
+                outcomes.append(service(workflow_item, person, superuser))
+            except WorkflowError as error:
+                logger.warning(
+                    "workflow %s of workflow item %s by user %s failed: %s",
+                    action,
+                    workflow_item.pk,
+                    request.user.get_username(),
+                    error,
+                )
+                self.message_user(request, str(error), messages.ERROR)
+        return outcomes
+
+    @staticmethod
+    def _count(rows: list, noun: str) -> str:
+        return f"{len(rows)} {noun}" if len(rows) == 1 else f"{len(rows)} {noun}s"
+

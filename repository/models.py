@@ -442,7 +442,7 @@ class WorkflowItem(models.Model):
     # The step the item waits in, or the step in which it was installed or rejected.
     step = models.PositiveSmallIntegerField(choices=Step.choices)
     state = models.CharField(max_length=16, choices=State.choices, default=State.WAITING, db_index=True)
-    # Who claimed the current step; kept after the last approval or a rejection as the person who decided.
+    # The EPerson who claimed the current step. After the last approval or a rejection, the person who decided.
     owner = models.ForeignKey(
         EPerson, null=True, blank=True, on_delete=models.SET_NULL, related_name="claimed_workflow_items"
     )
