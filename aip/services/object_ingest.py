@@ -17,8 +17,9 @@ from aip.services import bitstream_ingest
 from aip.services.bitstream_ingest import FormatRegistry, StoredFiles
 from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, values_replace
 from aip.services.roles_ingest import RolesIngester, free_uuid, policies_replace
-from repository.installation import installation_record, submission_record
+from repository.installation import submission_record
 from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Item, Site, bitstream_storage
+from repository.workflow import item_install, workflow_start
 
 MODELS = {"COMMUNITY": Community, "COLLECTION": Collection, "ITEM": Item}
 # fileGrp USE values that older packagers wrote for DSpace's bundle names.
@@ -96,10 +97,15 @@ class ObjectIngester:
         now = timezone.now()
         if item.submitter_id is None:
             item.submitter = self.current_user
-        self.stored.names.append(submission_record(item=item, collection=collection, submitter=item.submitter, now=now))
-        installation_record(item=item, now=now)
+        item.in_archive = False
         item.last_modified = now
         item.save()
+        self.stored.names.append(submission_record(item=item, collection=collection, submitter=item.submitter, now=now))
+        if not self.options.use_workflow:
+            item_install(item=item)
+        elif workflow_start(item=item, collection=collection) is not None:
+            # NOTE: the item keeps the handle it got on creation while it waits; DSpace assigns one on installation.
+            self.warn(f"Item {item.handle_string} waits in the approval workflow of collection {collection}.")
 
     def replace(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str):
         """Empty ``obj`` of everything a package carries, keeping its handle, UUID and parent, then refill it."""
