@@ -77,7 +77,8 @@ class Community(DSpaceObject):
     logo = models.OneToOneField(
         "Bitstream", null=True, blank=True, on_delete=models.SET_NULL, related_name="community_logo"
     )
-    admin_group = models.OneToOneField(
+    # Role groups: DSpace lets one group serve several communities or collections.
+    admin_group = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="community_admin_of"
     )
 
@@ -104,19 +105,19 @@ class Collection(DSpaceObject):
     template_item = models.OneToOneField(
         "Item", null=True, blank=True, on_delete=models.SET_NULL, related_name="template_for"
     )
-    admin_group = models.OneToOneField(
+    admin_group = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="collection_admin_of"
     )
-    submitters_group = models.OneToOneField(
+    submitters_group = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="collection_submitters_of"
     )
-    workflow_step_1 = models.OneToOneField(
+    workflow_step_1 = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="collection_step1_of"
     )
-    workflow_step_2 = models.OneToOneField(
+    workflow_step_2 = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="collection_step2_of"
     )
-    workflow_step_3 = models.OneToOneField(
+    workflow_step_3 = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="collection_step3_of"
     )
 
