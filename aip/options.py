@@ -17,6 +17,7 @@ EXPORT_OPTIONS = {
     "passwords", "unauthorized", "updatedAfter", "filterBundles", "includeBundles", "validate", "manifestOnly"
 }
 UNAUTHORIZED_VALUES = ("skip", "zero")
+DMD_TYPES = ("DIM", "MODS")
 BOOLEAN_OPTIONS = {"ignoreHandle", "ignoreParent", "skipIfParentMissing", "createMetadataFields"}
 
 
@@ -84,6 +85,8 @@ def ingest_options(
     if keep_existing and replace:
         raise InvalidOptionError("-k (keep existing) and -f (force replace) cannot be combined; choose one.")
     dmd = raw.get("dmd") or None
+    if dmd is not None and dmd.upper() not in DMD_TYPES:
+        raise InvalidOptionError(f"Option dmd must be one of {', '.join(DMD_TYPES)}, not {dmd!r}.")
     return IngestOptions(
         restore=restore,
         keep_existing=keep_existing,
@@ -161,7 +164,7 @@ def _validate_export(options: dict[str, str]) -> bool:
 
 def _moment(options: dict[str, str], name: str) -> datetime | None:
     """Parse an ISO-8601 date or date and time; one without a zone is taken as UTC."""
-    if not options.get(name):
+    if name not in options:
         return None
     try:
         moment = datetime.fromisoformat(options[name].replace("Z", "+00:00"))

@@ -12,10 +12,10 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.utils import timezone
 
-from repository.models import Bitstream, Bundle, Item, MetadataValue, ResourcePolicy
+from repository.models import Bitstream, Bundle, Collection, Item, MetadataValue, ResourcePolicy
 
 _suspended: contextvars.ContextVar[bool] = contextvars.ContextVar("item_change_tracking_suspended", default=False)
 
@@ -64,12 +64,22 @@ def _policy_changed(sender, instance: ResourcePolicy, **kwargs) -> None:
 
 
 def _mapping_changed(sender, instance, action: str, reverse: bool, pk_set, **kwargs) -> None:
-    if not action.startswith("post_"):
+    if not reverse:
+        if action.startswith("post_"):
+            _touch(pk=instance.pk)
         return
-    if reverse:
+    if action == "pre_clear":
+        # Django sends no primary keys with a clear, so the items are noted before it.
+        instance._items_before_clear = list(instance.mapped_items.values_list("pk", flat=True))
+    elif action == "post_clear":
+        _touch(pk__in=getattr(instance, "_items_before_clear", []))
+    elif action.startswith("post_"):
         _touch(pk__in=pk_set or [])
-    else:
-        _touch(pk=instance.pk)
+
+
+def _collection_deleted(sender, instance: Collection, **kwargs) -> None:
+    # Django deletes the mapping rows of a deleted collection without a signal of their own.
+    _touch(mapped_collections=instance)
 
 
 def connect() -> None:
@@ -84,3 +94,4 @@ def connect() -> None:
         post_save.connect(receiver, sender=model, dispatch_uid=f"{model.__name__}_saved_touches_item")
         post_delete.connect(receiver, sender=model, dispatch_uid=f"{model.__name__}_deleted_touches_item")
     m2m_changed.connect(_mapping_changed, sender=Item.mapped_collections.through, dispatch_uid="item_mapping_changed")
+    pre_delete.connect(_collection_deleted, sender=Collection, dispatch_uid="collection_deleted_touches_items")

@@ -171,8 +171,13 @@ def _add_amdsec(
 
 
 def _add_file_amdsecs(root, manifest: PackageManifest, ids: _IdCounter, context: WriterContext) -> dict[str, str]:
-    """Add one amdSec per bundle, each followed by one per file, and return their IDs by owner."""
+    """Add the logo's amdSec, then one per bundle, each followed by one per file; return their IDs by owner."""
     admin_ids: dict[str, str] = {}
+    logo = manifest.logo
+    if logo is not None and (logo.admin.premis or logo.admin.policies is not None or logo.admin.techmd_dim):
+        admin_ids[logo.id] = _add_amdsec(
+            root, logo.admin, ids, context=context, techmd_type="BITSTREAM", file_id=logo.id
+        )
     for index, bundle in enumerate(manifest.bundles):
         admin_ids[f"bundle:{index}"] = _add_amdsec(root, bundle.admin, ids, context=context, techmd_type="BUNDLE")
         for record in bundle.files:
@@ -186,7 +191,7 @@ def _add_filesec(root, manifest: PackageManifest, admin_ids: dict[str, str]) -> 
     file_sec = etree.SubElement(root, _mets("fileSec"))
     if manifest.logo is not None:
         group = etree.SubElement(file_sec, _mets("fileGrp"), USE="LOGO")
-        _add_file(group, manifest.logo, admin_id=None)
+        _add_file(group, manifest.logo, admin_id=admin_ids.get(manifest.logo.id))
     for index, bundle in enumerate(manifest.bundles):
         group = etree.SubElement(file_sec, _mets("fileGrp"), ADMID=admin_ids[f"bundle:{index}"], USE=bundle.name)
         for record in bundle.files:

@@ -191,14 +191,11 @@ def _logo_record(owner, content: PackageContent, unauthorized: str | None) -> Fi
         return None
     entry_name = bitstream_entry_name(logo)
     content.files.append((entry_name, logo if logo.file else None))
-    return FileRecord(
-        id=f"bitstream_{logo.uuid}",
-        href=entry_name,
-        mimetype=logo.format.mimetype if logo.format else "application/octet-stream",
-        size=logo.size_bytes,
-        checksum=logo.checksum or None,
-        checksum_type=logo.checksum_algorithm if logo.checksum else None,
-    )
+    record = _file_record(logo, entry_name, owner.logo.policies.select_related("group", "eperson"))
+    content.premis_urls[record.id] = _premis_url(logo)
+    # DSpace writes a logo without SEQ; its PREMIS, AIP-TECHMD and policies travel in an amdSec of its own.
+    record.sequence_id = None
+    return record
 
 
 def _children(obj) -> list[ChildReference]:

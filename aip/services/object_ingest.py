@@ -242,11 +242,14 @@ class ObjectIngester:
         if record is None:
             return
         logo = Bitstream(uuid=self._new_uuid(Bitstream, record.id.removeprefix("bitstream_")))
-        logo.name = record.href
-        logo.format = self.formats.resolve(short_description=None, mimetype=record.mimetype, file_name=record.href)
+        bitstream_ingest.apply_technical_metadata(logo, record, self.formats)
         bitstream_ingest.store_file(reader, record, logo, self.stored, source=source)
         logo.save()
         obj.logo = logo
+        if record.admin.policies is not None and self.reads("METSRIGHTS"):
+            policies_replace(
+                logo, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
+            )
 
     def _template(self, collection: Collection, sections, *, source: str) -> None:
         if collection.template_item_id:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 
+from django.db.models import Q
+
 from aip.mets import namespaces as ns
 from aip.mets.model import GroupRecord, PersonRecord, PolicyRecord, RolesRecord
 from repository.models import Collection, Community, EPerson, Group, ResourcePolicy
@@ -119,19 +121,65 @@ def site_roles(*, include_passwords: bool) -> RolesRecord:
 
 
 def container_roles(obj, *, include_passwords: bool = False) -> RolesRecord:
-    """Return the groups of a community or collection, and the people they name.
+    """Return the groups and people a community or collection AIP carries.
 
-    DSpace puts people only in the SITE AIP; carrying the members here too lets a
-    collection moved into another installation recreate its groups whole.
+    DSpace carries only the object's own groups, and people only in the SITE AIP.
+    Here the AIP also carries every group its policies (and, for a collection, its
+    items' policies) name, the member groups of all of those, and every person they
+    name, so a collection moved into another installation keeps its permissions.
+    Ingest creates such borrowed groups when missing and leaves existing ones alone.
     """
-    groups = object_groups(obj)
+    own = object_groups(obj)
+    groups = _with_member_groups(own + _policy_groups(obj))
     records = [group_record(group, role_type=group_role_type(obj, group)) for group in groups]
     people = {person.id: person for group in groups for person in group.members.all()}
+    people.update({person.id: person for person in _policy_people(obj)})
     person_records = [
         person_record(person, include_password=include_passwords)
         for person in sorted(people.values(), key=lambda p: (p.email or "", p.netid or "", str(p.uuid)))
     ]
     return RolesRecord(groups=sorted(records, key=lambda record: record.name), people=person_records)
+
+
+def _subtree_policies(obj):
+    """Return the policies of a community, or of a collection and everything its owned items hold."""
+    if isinstance(obj, Collection):
+        scope = (
+            Q(collection=obj)
+            | Q(item__owning_collection=obj)
+            | Q(bundle__item__owning_collection=obj)
+            | Q(bitstream__bundle__item__owning_collection=obj)
+        )
+        if obj.logo_id:
+            scope |= Q(bitstream_id=obj.logo_id)
+        return ResourcePolicy.objects.filter(scope)
+    scope = Q(community=obj) | (Q(bitstream_id=obj.logo_id) if obj.logo_id else Q(pk__in=[]))
+    return ResourcePolicy.objects.filter(scope)
+
+
+def _policy_groups(obj) -> list[Group]:
+    """Return the groups a subtree's policies name, apart from the two every installation has."""
+    ids = _subtree_policies(obj).exclude(group__isnull=True).values_list("group_id", flat=True).distinct()
+    return list(Group.objects.filter(id__in=ids).exclude(name__in=(Group.ANONYMOUS, Group.ADMINISTRATOR)))
+
+
+def _policy_people(obj) -> list[EPerson]:
+    ids = _subtree_policies(obj).exclude(eperson__isnull=True).values_list("eperson_id", flat=True).distinct()
+    return list(EPerson.objects.filter(id__in=ids))
+
+
+def _with_member_groups(groups: list[Group]) -> list[Group]:
+    """Return ``groups`` and, transitively, their member groups, each once, ordered by name."""
+    found = {group.id: group for group in groups}
+    frontier = set(found)
+    while frontier:
+        members = Group.objects.filter(parent_groups__in=frontier).exclude(id__in=found.keys())
+        frontier = set()
+        for member in members:
+            found[member.id] = member
+            frontier.add(member.id)
+    ids = list(found)
+    return list(Group.objects.filter(id__in=ids).prefetch_related("members", "member_groups").order_by("name"))
 
 
 def policy_record(policy: ResourcePolicy) -> PolicyRecord:

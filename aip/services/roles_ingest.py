@@ -82,6 +82,11 @@ class RolesIngester:
             self.changes.append(f"Group {record.name} deferred: it is created from its object's own AIP")
             return None
         group = Group.objects.filter(name=name).first()
+        borrowed = owner is not None and not _belongs_to(owner, record, name)
+        if group is not None and borrowed:
+            # A group a community or collection AIP carries only because its policies name it.
+            self.changes.append(f"Group {record.name} left unchanged (it exists and belongs to no object here)")
+            return None
         if group is not None:
             if self.mode == "keep":
                 self.changes.append(f"Group {record.name} left unchanged")
@@ -131,6 +136,11 @@ def _take_uuid(row, text: str | None) -> None:
     value = free_uuid(type(row), text)
     if value is not None:
         row.uuid = value
+
+
+def _belongs_to(owner, record: GroupRecord, local_name: str) -> bool:
+    """Tell whether a group of a community or collection AIP is that object's own group."""
+    return record.type in ROLE_FIELDS or local_name.startswith(f"{owner.object_type}_{owner.uuid}_")
 
 
 def _find_person(email: str | None, netid: str | None) -> EPerson | None:
