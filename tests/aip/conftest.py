@@ -3,6 +3,7 @@ and helpers that run the packager command and snapshot what a run wrote."""
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,32 @@ def repository_wipe(admin_email: str = ADMIN_EMAIL) -> None:
     Group.objects.create(name=Group.ANONYMOUS)
     Group.objects.create(name=Group.ADMINISTRATOR)
     administrator_create(email=admin_email, password="secret-password")
+
+
+@dataclass
+class Before:
+    """Row counts and stored file names taken before a run that must write nothing."""
+
+    database: dict[str, int]
+    files: list[str]
+
+
+def before(root: Path) -> Before:
+    return Before(database=database_snapshot(), files=stored_files(root))
+
+
+# Every EPerson field a restore must bring back.
+PERSON_FIELDS = [
+    "uuid",
+    "email",
+    "netid",
+    "first_name",
+    "last_name",
+    "language",
+    "can_log_in",
+    "require_certificate",
+    "self_registered",
+    "password_hash",
+    "password_digest_algorithm",
+    "password_salt",
+]

@@ -35,7 +35,7 @@ from repository.models import (
     ResourcePolicy,
     bitstream_storage,
 )
-from tests.aip.conftest import database_snapshot, export_site, packager, repository_wipe, stored_files
+from tests.aip.conftest import Before, before, database_snapshot, export_site, packager, repository_wipe, stored_files
 
 SITE_HANDLE = "123456789/0"
 SITE_PACKAGE = "SITE@123456789-0.zip"
@@ -133,17 +133,6 @@ def item_delete(item: Item) -> None:
 def item_files(item: Item) -> list[str]:
     return sorted(Bitstream.objects.filter(bundle__item=item).values_list("file", flat=True))
 
-
-@dataclass
-class Before:
-    """Row counts and stored file names taken before a run that must write nothing."""
-
-    database: dict[str, int]
-    files: list[str]
-
-
-def before(root: Path) -> Before:
-    return Before(database=database_snapshot(), files=stored_files(root))
 
 
 @dataclass

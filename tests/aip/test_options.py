@@ -39,6 +39,8 @@ from repository.models import (
 )
 from repository.passwords import dspace_hash_new
 from tests.aip.conftest import (
+    Before,
+    before,
     ADMIN_EMAIL,
     database_snapshot,
     export_site,
@@ -222,17 +224,6 @@ def item_delete(item: Item) -> None:
 def new_objects(model, before_pks: set) -> list:
     return list(model.objects.exclude(pk__in=before_pks).select_related("handle"))
 
-
-@dataclass
-class Before:
-    """Row counts and stored file names taken before a run that must write nothing."""
-
-    database: dict[str, int]
-    files: list[str]
-
-
-def before(root: Path) -> Before:
-    return Before(database=database_snapshot(), files=stored_files(root))
 
 
 @dataclass

@@ -46,6 +46,7 @@ from repository.passwords import dspace_hash_new
 from repository.permissions import authorized
 from repository.services import administrator_create
 from tests.aip.conftest import (
+    PERSON_FIELDS,
     ADMIN_EMAIL,
     database_snapshot,
     manifest_text,
@@ -302,21 +303,6 @@ def roles_person_keys(root: etree._Element) -> list[str]:
 def login(email: str, password: str):
     return EPersonBackend().authenticate(None, username=email, password=password)
 
-
-PERSON_FIELDS = [
-    "uuid",
-    "email",
-    "netid",
-    "first_name",
-    "last_name",
-    "language",
-    "can_log_in",
-    "require_certificate",
-    "self_registered",
-    "password_hash",
-    "password_digest_algorithm",
-    "password_salt",
-]
 
 
 def person_fields(email: str) -> dict:

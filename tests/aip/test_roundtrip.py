@@ -16,7 +16,7 @@ import pytest
 from aip.services.handles import handle_mint
 from repository.demo import demo_repository_build
 from repository.models import Bitstream, Collection, Community, EPerson, Group, Handle, Item, ResourcePolicy
-from tests.aip.conftest import export_site, package_bytes, packager, repository_wipe, stored_files
+from tests.aip.conftest import PERSON_FIELDS, export_site, package_bytes, packager, repository_wipe, stored_files
 
 SITE_HANDLE = "123456789/0"
 SITE_PACKAGE = "SITE@123456789-0.zip"
@@ -166,21 +166,6 @@ def collection_roles() -> dict[str, dict[str, str | None]]:
         for collection in Collection.objects.all()
     }
 
-
-PERSON_FIELDS = [
-    "uuid",
-    "email",
-    "netid",
-    "first_name",
-    "last_name",
-    "language",
-    "can_log_in",
-    "require_certificate",
-    "self_registered",
-    "password_hash",
-    "password_digest_algorithm",
-    "password_salt",
-]
 
 
 def people() -> list[dict]:
