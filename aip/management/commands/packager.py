@@ -8,9 +8,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aip import selectors
 from aip.errors import AipError
+from aip.models import Job
 from aip.options import export_options, ingest_options, parse_option_pairs
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
+from aip.services.jobs import job_create, job_enqueue
 from aip.services.verify import tree_verify, verify_validate_option
 from repository.models import EPerson
 from repository.permissions import is_administrator
@@ -54,6 +56,11 @@ class Command(BaseCommand):
             "and MD5s, child packages and parents. With -o validate=true, also check manifests against the schemas "
             "in AIP_SCHEMA_DIR. Exits with an error if any problem is found.",
         )
+        parser.add_argument(
+            "--background", action="store_true",
+            help="Check the arguments, queue the run as a job on the RQ queue 'default', print the job id and exit. "
+            "Without REDIS_URL, the job runs at once in this process.",
+        )
 
     def handle(self, *args, **options) -> None:
         self.verbosity = options["verbosity"]
@@ -92,6 +99,8 @@ class Command(BaseCommand):
         export = export_options(parse_option_pairs(options["option"]), recursive=options["all"])
         obj = selectors.object_by_handle_or_error(options["identifier"])
         path = Path(options["file"]).resolve()
+        if options["background"]:
+            return self._enqueue(Job.Kind.EXPORT, options)
         result = object_export(obj=obj, path=path, options=export, progress=self._progress_printer())
         unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
         self.stdout.write(
@@ -105,6 +114,8 @@ class Command(BaseCommand):
             raise CommandError("--verify cannot be combined with -d, -s, -r, -k or -f.")
         validate = verify_validate_option(parse_option_pairs(options["option"]))
         path = Path(options["file"]).resolve()
+        if options["background"]:
+            return self._enqueue(Job.Kind.VERIFY, options)
         report = tree_verify(path=path, recursive=options["all"], validate=validate)
         for problem in report.problems:
             self.stderr.write(f"PROBLEM: {problem}")
@@ -138,6 +149,9 @@ class Command(BaseCommand):
         if options["force_replace"]:
             self._confirm_replace(options)
         parent = options["parent"][0] if options["parent"] else None
+        if options["background"]:
+            kind = Job.Kind.SUBMIT if not options["restore"] else Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
+            return self._enqueue(kind, options)
         report = package_ingest(
             path=Path(options["file"]).resolve(),
             options=ingest,
@@ -146,6 +160,29 @@ class Command(BaseCommand):
             eperson_email=options["eperson"],
         )
         self._print_report(report)
+
+    def _enqueue(self, kind: str, options: dict) -> None:
+        job = job_enqueue(job_create(
+            kind=kind,
+            eperson_email=options["eperson"],
+            path=Path(options["file"]).resolve(),
+            handle=options["identifier"] or "",
+            parent_handle=options["parent"][0] if options["parent"] else "",
+            options=parse_option_pairs(options["option"]),
+            recursive=options["all"],
+            keep_existing=options["keep_existing"],
+            use_workflow=not options["no_workflow"],
+        ))
+        if not job.is_finished:
+            self.stdout.write(
+                f"Queued job {job.pk} (RQ job {job.rq_job_id}). Follow it in the admin at /admin/aip/job/{job.pk}/change/; "
+                "a worker started with 'python manage.py rqworker default' runs it."
+            )
+            return
+        self.stdout.write(f"Job {job.pk} ran in this process because REDIS_URL is not set: {job.state}.")
+        self.stdout.write(job.log.rstrip("\n"))
+        if job.state == Job.State.FAILED:
+            raise CommandError(job.error)
 
     def _confirm_replace(self, options: dict) -> None:
         """Ask before replace mode deletes data, unless -u/--yes confirmed it already."""
