@@ -96,8 +96,14 @@ def container_values(obj, values: list[DimValue]) -> list[DimValue]:
     return [chosen[key] for key in order if key in chosen]
 
 
+# Names are indexed for sorting; PostgreSQL rejects B-tree entries over about 2,700 bytes,
+# and 500 characters stay below that even at 4 bytes each.
+NAME_LENGTH = 500
+
+
 def first_title(values: list[DimValue]) -> str:
+    """Return the first dc.title, cut to the length the indexed ``name`` columns take."""
     for value in values:
         if value.schema == "dc" and value.element == "title" and not value.qualifier:
-            return value.value[:1024]
+            return value.value[:NAME_LENGTH]
     return ""
