@@ -110,6 +110,9 @@ RQ_QUEUES = {
     },
 }
 
+# Longest time one background job may run before RQ stops it, in seconds (a full-site backup takes hours).
+AIP_JOB_TIMEOUT = int(os.environ.get("AIP_JOB_TIMEOUT", str(24 * 3600)))
+
 # Handle prefix of this installation; the site's own handle is "<prefix>/0".
 HANDLE_PREFIX = os.environ.get("HANDLE_PREFIX", "123456789")
 # Base URL of the repository's web interface, written into PREMIS object identifiers

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import timedelta
 from io import StringIO
 
@@ -102,6 +103,24 @@ def test_enqueue_sets_job_timeout(demo, tmp_path, queue, enqueue, settings):
     assert rq_job.args == (job.pk,)
 
 
+# Outside a transaction, so that the enqueue runs before the command reads the job's state.
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_without_redis_marks_failed(admin, tmp_path, settings):
+    # Nothing listens on port 1 of this machine, so the connection is refused.
+    settings.REDIS_URL = "redis://127.0.0.1:1/15"
+    settings.RQ_QUEUES = {"default": {"URL": settings.REDIS_URL, "ASYNC": True}}
+
+    with pytest.raises(CommandError, match="Enqueueing the job on Redis failed: .*Check REDIS_URL"):
+        call_command(
+            "packager", "--background", "-t", "AIP", "-e", ADMIN_EMAIL, "-d", "-i", SITE_HANDLE,
+            str(tmp_path / "SITE@123456789-0.zip"), stdout=StringIO(),
+        )
+
+    job = Job.objects.get()
+    assert job.state == Job.State.FAILED
+    assert job.started_at is None
+
+
 def test_export_job_unknown_handle_fails(demo, tmp_path, queue, enqueue):
     job = enqueue(site_export_job(tmp_path, handle="123456789/99999"))
 
@@ -128,6 +147,23 @@ def test_job_unexpected_error_records_type(demo, tmp_path, monkeypatch, caplog):
     assert job.state == Job.State.FAILED
     assert job.error == "ValueError: storage returned nonsense"
     assert any(record.exc_info for record in caplog.records)
+
+
+def test_job_past_timeout_fails(demo, tmp_path, queue, enqueue, settings, monkeypatch):
+    def slow_export(**arguments):
+        time.sleep(5)
+
+    # A real export of the demo site finishes well within the 1 s limit, so a slow stand-in replaces it.
+    monkeypatch.setattr("aip.services.jobs.object_export", slow_export)
+    settings.AIP_JOB_TIMEOUT = 1
+    job = enqueue(site_export_job(tmp_path))
+
+    work(queue)
+    job.refresh_from_db()
+
+    assert job.state == Job.State.FAILED
+    assert job.error.startswith("JobTimeoutException: ")
+    assert job.finished_at is not None
 
 
 def test_restore_keep_existing_job_skips(demo, tmp_path, queue, enqueue):

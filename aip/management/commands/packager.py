@@ -150,7 +150,9 @@ class Command(BaseCommand):
             self._confirm_replace(options)
         parent = options["parent"][0] if options["parent"] else None
         if options["background"]:
-            kind = Job.Kind.SUBMIT if not options["restore"] else Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
+            kind = Job.Kind.SUBMIT
+            if options["restore"]:
+                kind = Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
             return self._enqueue(kind, options)
         report = package_ingest(
             path=Path(options["file"]).resolve(),
@@ -173,14 +175,15 @@ class Command(BaseCommand):
             keep_existing=options["keep_existing"],
             use_workflow=not options["no_workflow"],
         ))
-        if not job.is_finished:
+        if job.state == Job.State.QUEUED:
             self.stdout.write(
                 f"Queued job {job.pk} (RQ job {job.rq_job_id}). Follow it in the admin at /admin/aip/job/{job.pk}/change/; "
                 "a worker started with 'python manage.py rqworker default' runs it."
             )
             return
-        self.stdout.write(f"Job {job.pk} ran in this process because REDIS_URL is not set: {job.state}.")
-        self.stdout.write(job.log.rstrip("\n"))
+        if job.started_at is not None:
+            self.stdout.write(f"Job {job.pk} ran in this process because REDIS_URL is not set: {job.state}.")
+            self.stdout.write(job.log.rstrip("\n"))
         if job.state == Job.State.FAILED:
             raise CommandError(job.error)
 

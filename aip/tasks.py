@@ -1,0 +1,7 @@
+"""RQ entry points. Each takes only ids, so a queued job never carries stale model data."""
+from aip.services.jobs import job_run
+
+
+def run_job(job_id: int) -> str:
+    """Run the packager job ``job_id`` and return its final state; the ``Job`` row records the outcome."""
+    return job_run(job_id).state
