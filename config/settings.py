@@ -110,7 +110,7 @@ RQ_QUEUES = {
     },
 }
 
-# Longest time one background job may run before RQ stops it, in seconds (a full-site backup takes hours).
+# Maximum run time of one background job, in seconds, before RQ stops it; a full-site backup takes hours.
 AIP_JOB_TIMEOUT = int(os.environ.get("AIP_JOB_TIMEOUT", str(24 * 3600)))
 
 # Handle prefix of this installation; the site's own handle is "<prefix>/0".
@@ -128,7 +128,7 @@ AIP_SCHEMA_DIR = os.environ.get("AIP_SCHEMA_DIR", "")
 # mets.dspaceAIP.ingest.createSubmitter).
 AIP_CREATE_SUBMITTER = os.environ.get("AIP_CREATE_SUBMITTER", "false").lower() == "true"
 
-# Which sections exports write, as DSpace's aip.disseminate.* settings choose crosswalks.
+# Sections that exports write, chosen as DSpace's aip.disseminate.* settings choose crosswalks.
 # dmdSec types in order (MODS, DIM); DIM is the one ingest reads, so keep it.
 AIP_DISSEMINATE_DMD = [name.strip() for name in os.environ.get("AIP_DISSEMINATE_DMD", "MODS,DIM").split(",") if name.strip()]
 # Administrative sections: PREMIS and DSPACE-ROLES (techMD), DSpaceDepositLicense, CreativeCommonsRDF,

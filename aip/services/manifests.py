@@ -143,6 +143,9 @@ def _premis_url(bitstream: Bitstream) -> str:
 
 def _bitstream_techmd(bitstream: Bitstream) -> list[DimValue]:
     fmt = bitstream.format
+    internal = ""
+    if fmt:
+        internal = "true" if fmt.internal else "false"
     candidates = [
         ("title", None, bitstream.name),
         ("title", "alternative", bitstream.source),
@@ -151,7 +154,7 @@ def _bitstream_techmd(bitstream: Bitstream) -> list[DimValue]:
         ("format", "medium", fmt.short_description if fmt else ""),
         ("format", "mimetype", fmt.mimetype if fmt else ""),
         ("format", "supportlevel", SUPPORT_LEVEL_WORDS.get(fmt.support_level, "UNKNOWN") if fmt else ""),
-        ("format", "internal", ("true" if fmt.internal else "false") if fmt else ""),
+        ("format", "internal", internal),
     ]
     return [
         DimValue(schema="dc", element=element, qualifier=qualifier, value=text)
