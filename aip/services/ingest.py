@@ -53,8 +53,9 @@ class IngestReport:
         lines += [f"Skipped {entry}" for entry in self.skipped]
         lines += self.roles
         lines.append(
-            f"{len(self.created)} created, {len(self.replaced)} replaced, {len(self.skipped)} skipped; "
-            f"{self.files_stored} files ({self.bytes_stored} bytes) stored in {self.seconds:.1f} s"
+            f"{len(self.created)} created, {len(self.replaced)} replaced, {len(self.skipped)} skipped, "
+            f"{len(self.warnings)} warning(s); {self.files_stored} files ({self.bytes_stored} bytes) stored "
+            f"in {self.seconds:.1f} s"
         )
         return lines
 
@@ -134,6 +135,7 @@ class _IngestRun:
             if not self.options.skip_if_parent_missing:
                 raise InvalidPackageError(message + " Add it, or run with -o skipIfParentMissing=true to skip it.")
             self.warn(message + " Skipped.")
+            self.report.skipped.append(f"{pending.path.name} (missing)")
             return _Result(obj=None, children=[], follow_children=False)
         with package_open(pending.path, manifest_only=self.options.manifest_only) as reader:
             data = reader.manifest_bytes()
@@ -188,6 +190,7 @@ class _IngestRun:
             message = f"Could not find a parent DSpaceObject referenced as '{handle}' (package {source})."
             if self.options.skip_if_parent_missing:
                 self.warn(message + " Skipped.")
+                self.report.skipped.append(f"{manifest.object_type} {manifest.handle or source} (parent {handle} missing)")
                 return None
             raise MissingParentError(
                 message + " Restore the parent first, give another with -p and -o ignoreParent=true, "

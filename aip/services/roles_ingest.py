@@ -65,7 +65,7 @@ class RolesIngester:
             if existing.pk == self.current_user.pk:
                 # The person running the restore keeps their account as it is; only the identifier follows the AIP.
                 existing.save(update_fields=["uuid"])
-                self.changes.append(f"EPerson {existing} (running this restore) kept, with the identifier from the AIP")
+                self.changes.append(f"EPerson {existing} runs this restore: account kept as it is, UUID taken from the AIP")
                 return
             _person_fields(existing, record)
             existing.save()
@@ -85,7 +85,10 @@ class RolesIngester:
         borrowed = owner is not None and not _belongs_to(owner, record, name)
         if group is not None and borrowed:
             # A group a community or collection AIP carries only because its policies name it.
-            self.changes.append(f"Group {record.name} left unchanged (it exists and belongs to no object here)")
+            self.changes.append(
+                f"Group {record.name} left unchanged: it exists already, and the package carries it only because "
+                "its policies name it"
+            )
             return None
         if group is not None:
             if self.mode == "keep":

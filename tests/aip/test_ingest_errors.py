@@ -805,7 +805,7 @@ def test_missing_parent_skipped_with_option(orphan_item, bitstream_storage, caps
 
     output = capsys.readouterr()
     assert f"WARNING: Could not find a parent DSpaceObject referenced as '{orphan_item.collection}'" in output.err
-    assert "0 created, 0 replaced, 0 skipped" in output.out
+    assert "0 created, 0 replaced, 1 skipped, 1 warning(s)" in output.out
     assert database_snapshot() == state.database
     assert stored_files(bitstream_storage) == state.files
 

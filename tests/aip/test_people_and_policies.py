@@ -769,7 +769,7 @@ def test_live_restore_recreates_deleted_person(live_restore):
 def test_live_restore_lists_people(live_restore):
     for key in roles_person_keys(mets_root(live_restore.package)):
         if key == ADMIN_EMAIL:
-            expected = f"EPerson {key} (running this restore) kept"
+            expected = f"EPerson {key} runs this restore: account kept as it is"
         elif key == LOCKED:
             expected = f"EPerson {key} created"
         else:
