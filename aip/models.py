@@ -2,7 +2,7 @@
 
 The database row is the job: its arguments, state, progress, log and outcome.
 Redis only carries the queue, so a job stays visible (and can be retried) after
-Redis is flushed or a worker is lost. The record never holds password hashes or
+Redis is flushed or a worker is lost. The record never stores password hashes or
 other secrets: it names the EPerson by email and the options as given with -o.
 """
 from __future__ import annotations

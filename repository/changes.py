@@ -1,6 +1,6 @@
 """Keep ``Item.last_modified`` current when anything an item AIP carries changes.
 
-An item's package holds its metadata, bundles, bitstreams, policies and
+An item's package contains its metadata, bundles, bitstreams, policies and
 collection mappings, so a change to any of them moves the item's last-modified
 time forward; exports that take only changed items (``updatedAfter``, incremental
 backups) rely on it. Ingest suspends this tracking, because a restore brings back

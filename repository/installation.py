@@ -1,6 +1,6 @@
 """System metadata and deposit licence of newly submitted items, as DSpace adds them.
 
-A submission gets a deposit licence and a "Submitted by" provenance line; an
+A submission gets a deposit licence and a "Submitted by" provenance line. An
 installation into the archive gets ``dc.date.accessioned``, ``dc.date.available``,
 ``dc.date.issued`` when missing, and a "Made available" provenance line listing
 the item's files. A restore adds none of these: it brings back what the package
@@ -70,10 +70,10 @@ def submission_record(*, item: Item, collection: Collection, submitter: EPerson 
     transaction can delete it if the transaction fails.
     """
     stored_name = _deposit_license_add(item, license_text(collection))
-    who = f"{submitter.first_name} {submitter.last_name} ({submitter.email})".strip() if submitter else "an unknown person"
+    submitter_label = f"{submitter.first_name} {submitter.last_name} ({submitter.email})".strip() if submitter else "an unknown person"
     _add_values(
         item,
-        [("description", "provenance", f"Submitted by {who} on {_utc_text(now)} to {collection.name}.", "en")],
+        [("description", "provenance", f"Submitted by {submitter_label} on {_utc_text(now)} to {collection.name}.", "en")],
     )
     return stored_name
 

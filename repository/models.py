@@ -1,4 +1,4 @@
-"""The content model: what a DSpace repository holds and what its AIPs carry.
+"""The content model: what a DSpace repository contains and what its AIPs carry.
 
 Communities, collections, items, bundles and bitstreams are "DSpace objects": each
 has a UUID that survives a restore, and the first four can have a handle. Metadata
@@ -190,7 +190,7 @@ class BitstreamFormat(models.Model):
 
 
 def bitstream_storage():
-    """Return the storage that holds bitstream files (``STORAGES["bitstreams"]``)."""
+    """Return the storage that stores bitstream files (``STORAGES["bitstreams"]``)."""
     return storages["bitstreams"]
 
 

@@ -1,4 +1,4 @@
-"""Answer "may this person do this to that object?" from resource policies.
+"""Decide "may this person do this to that object?" from resource policies.
 
 A policy grants its action to a group or a person between its start and end dates
 (inclusive, either may be open). A person belongs to every group that lists them

@@ -1,6 +1,6 @@
 """Validate mets.xml against local copies of the METS, MODS, PREMIS and METSRights schemas.
 
-Schema references to remote URLs are answered from the folder's ``catalog.xml``
+Schema references to remote URLs are resolved from the folder's ``catalog.xml``
 (an OASIS XML catalog) or from files beside the including schema; anything else
 fails, so validation never touches the network. DSpace writes ``rpName``,
 ``start-date``, ``end-date`` and ``in-effect`` on ``rights:Context``, which

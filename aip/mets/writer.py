@@ -142,16 +142,16 @@ def _add_amdsec(
 ) -> str:
     amd_id = ids("amd")
     amd = etree.SubElement(root, _mets("amdSec"), ID=amd_id)
-    wanted = context.admin_sections
-    if admin.premis is not None and "PREMIS" in wanted:
+    sections = context.admin_sections
+    if admin.premis is not None and "PREMIS" in sections:
         techmd = etree.SubElement(amd, _mets("techMD"), ID=ids("techMD"))
         url = context.premis_urls.get(file_id or "", admin.premis.original_name or "")
         _md_wrap(techmd, "PREMIS", build_premis(admin.premis, identifier_url=url))
-    if admin.roles is not None and (admin.roles.groups or admin.roles.people) and "DSPACE-ROLES" in wanted:
+    if admin.roles is not None and (admin.roles.groups or admin.roles.people) and "DSPACE-ROLES" in sections:
         techmd = etree.SubElement(amd, _mets("techMD"), ID=ids("techMD"))
         _md_wrap(techmd, "DSPACE-ROLES", build_roles(admin.roles))
     for md_type, href in admin.license_hrefs.items():
-        if md_type not in wanted:
+        if md_type not in sections:
             continue
         rights = etree.SubElement(amd, _mets("rightsMD"), ID=ids("rightsMD"))
         mimetype = "text/xml" if md_type == "CreativeCommonsRDF" else "text/plain"
@@ -161,10 +161,10 @@ def _add_amdsec(
         reference.set("MDTYPE", "OTHER")
         reference.set("OTHERMDTYPE", md_type)
         reference.set("MIMETYPE", mimetype)
-    if admin.policies is not None and "METSRIGHTS" in wanted:
+    if admin.policies is not None and "METSRIGHTS" in sections:
         rights = etree.SubElement(amd, _mets("rightsMD"), ID=ids("rightsMD"))
         _md_wrap(rights, "METSRIGHTS", build_metsrights(admin.policies))
-    if admin.techmd_dim is not None and "AIP-TECHMD" in wanted:
+    if admin.techmd_dim is not None and "AIP-TECHMD" in sections:
         source = etree.SubElement(amd, _mets("sourceMD"), ID=ids("sourceMD"))
         _md_wrap(source, "AIP-TECHMD", build_dim(admin.techmd_dim, object_type=techmd_type))
     return amd_id

@@ -139,7 +139,7 @@ class _IngestRun:
             return _Result(obj=None, children=[], follow_children=False)
         with package_open(pending.path, manifest_only=self.options.manifest_only) as reader:
             data = reader.manifest_bytes()
-            # The hardened parser of read_manifest sees the XML before the schema validator does.
+            # The hardened parser of read_manifest checks the XML before the schema validator parses it.
             manifest = read_manifest(data, source=pending.path.name)
             if self.options.validate:
                 validate_manifest(data, schema_dir=schema_dir_or_error(), source=pending.path.name)

@@ -1000,7 +1000,7 @@ class CollectionCopy:
 
 @pytest.fixture
 def collection_copy(site_folder) -> CollectionCopy:
-    """Submit the package of a collection with role groups into the repository that still holds it."""
+    """Submit the package of a collection with role groups into the repository that still contains it."""
     original = Collection.objects.exclude(admin_group=None).select_related("handle", "community__handle").first()
     submitters = sorted(original.submitters_group.members.values_list("email", flat=True))
     existing = set(Collection.objects.values_list("pk", flat=True))
