@@ -20,6 +20,7 @@ class Job(models.Model):
         RESTORE = "restore", "Restore"
         REPLACE = "replace", "Replace"
         VERIFY = "verify", "Verify"
+        BACKUP = "backup", "Backup"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -60,6 +61,18 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    storage = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Name of the STORAGES entry that holds the package; empty when path is a file on the worker's disk.",
+    )
+    schedule = models.ForeignKey(
+        "BackupSchedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    cancel_requested = models.BooleanField(
+        default=False, help_text="Set by Cancel on a running job; the worker stops at its next progress report."
+    )
+
     rq_job_id = models.CharField(max_length=64, blank=True, verbose_name="RQ job ID")
     worker_name = models.CharField(max_length=256, blank=True)
     heartbeat_at = models.DateTimeField(
@@ -73,6 +86,14 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["state", "heartbeat_at"], name="aip_job_state_heartbeat")]
+        # Who may start each kind of job from the admin; viewing jobs needs only "view_job".
+        permissions = [
+            ("export_aip", "Can export AIPs and back up the site"),
+            ("restore_aip", "Can submit and restore AIPs"),
+            ("replace_aip", "Can replace existing objects from AIPs"),
+            ("verify_aip", "Can verify AIPs"),
+            ("download_aip", "Can download AIPs"),
+        ]
 
     def __str__(self) -> str:
         target = self.handle or self.path
@@ -81,3 +102,83 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in self.FINISHED_STATES
+
+
+class BackupSchedule(models.Model):
+    """A recurring backup: which object, how often, full or incremental, where to, and how many to keep."""
+
+    name = models.CharField(max_length=200, unique=True)
+    handle = models.CharField(
+        max_length=256, blank=True, help_text="Handle of the community, collection or item; empty for the whole site."
+    )
+    recursive = models.BooleanField(default=True, help_text="Also back up every descendant (-a).")
+    cron = models.CharField(
+        max_length=100, help_text='When to run, as a cron expression in UTC, for example "0 2 * * *" for 02:00 daily.'
+    )
+    incremental = models.BooleanField(
+        default=True,
+        help_text="Write only the packages that changed since the last backup; unchanged ones are copied from it.",
+    )
+    storage = models.CharField(max_length=64, default="aips", help_text="Name of the STORAGES entry to write to.")
+    folder = models.CharField(
+        max_length=512, help_text="Folder in that storage; each backup is a dated folder inside it."
+    )
+    keep = models.PositiveIntegerField(
+        default=7, help_text="How many verified backups to keep; older ones are removed after a newer one verifies."
+    )
+    eperson_email = models.EmailField(
+        max_length=254, verbose_name="EPerson email", help_text="Administrator EPerson the backups run as (-e)."
+    )
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the scheduler runs it next; a time in the past means a missed run."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Backup(models.Model):
+    """One run of a schedule: a dated folder in a storage that restores as a complete tree."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        VERIFIED = "verified", "Verified"
+        FAILED = "failed", "Failed"
+        REMOVED = "removed", "Removed"
+
+    schedule = models.ForeignKey(
+        BackupSchedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="backups"
+    )
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="backup")
+    based_on = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The earlier backup an incremental one was compared with.",
+    )
+    storage = models.CharField(max_length=64)
+    folder = models.CharField(max_length=512, help_text="Folder of this backup in its storage.")
+    handle = models.CharField(max_length=256, blank=True)
+    incremental = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    snapshot_at = models.DateTimeField(help_text="Changes after this moment are not in the backup.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    packages = models.PositiveIntegerField(default=0)
+    packages_written = models.PositiveIntegerField(default=0, help_text="Packages exported by this run.")
+    packages_copied = models.PositiveIntegerField(default=0, help_text="Unchanged packages copied from based_on.")
+    bytes = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-snapshot_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["storage", "folder"], name="aip_backup_storage_folder")]
+
+    def __str__(self) -> str:
+        return f"{self.storage}:{self.folder} ({self.get_state_display()})"

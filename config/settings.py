@@ -97,6 +97,11 @@ STORAGES = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(BITSTREAM_ROOT)},
     },
+    # Where AIPs written from the admin and by scheduled backups live.
+    "aips": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(Path(os.environ.get("AIP_STORAGE_ROOT", VAR_DIR / "aips")))},
+    },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
