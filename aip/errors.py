@@ -39,3 +39,7 @@ class ObjectNotFoundError(AipError):
 
 class UnknownMetadataError(AipError):
     """Metadata uses a schema (or, without createMetadataFields, a field) not in the registry."""
+
+
+class JobCancelledError(AipError):
+    """Someone cancelled the running job; the work done so far is rolled back or left unpublished."""

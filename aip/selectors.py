@@ -112,3 +112,36 @@ def package_file_name(obj, extension: str = "zip") -> str:
     if handle:
         return f"{obj.object_type}@{handle.replace('/', '-')}.{extension}"
     return f"{obj.object_type}@internal-id-{obj.uuid}.{extension}"
+
+
+def tree_size(obj) -> int:
+    """Return how many packages a recursive export of ``obj`` writes: the object and every descendant."""
+    if isinstance(obj, Item):
+        return 1
+    if isinstance(obj, Collection):
+        return 1 + exported_items(obj).order_by().count()
+    if isinstance(obj, Site):
+        communities = list(Community.objects.values_list("pk", flat=True))
+        collections = list(Collection.objects.values_list("pk", flat=True))
+    else:
+        communities = _community_subtree(obj)
+        collections = list(Collection.objects.filter(community__in=communities).values_list("pk", flat=True))
+    items = (
+        Item.objects.filter(Q(owning_collection__in=collections) | Q(mapped_collections__in=collections))
+        .filter(Q(in_archive=True) | Q(withdrawn=True))
+        .order_by()
+        .values("pk")
+        .distinct()
+        .count()
+    )
+    return int(isinstance(obj, Site)) + len(communities) + len(collections) + items
+
+
+def _community_subtree(community: Community) -> list[int]:
+    """Return the ids of ``community`` and all communities below it, one query per level."""
+    found = [community.pk]
+    level = [community.pk]
+    while level:
+        level = list(Community.objects.filter(parent__in=level).values_list("pk", flat=True))
+        found.extend(level)
+    return found

@@ -25,6 +25,7 @@ from aip.mets.reader import read_manifest
 from aip.options import IngestOptions
 from aip.mets.validation import schema_dir_or_error, validate_manifest
 from aip.package import package_open
+from aip.progress import Progress, package_count_estimate
 from aip.services.bitstream_ingest import StoredFiles
 from aip.services.handles import handle_assign
 from aip.services.object_ingest import ObjectIngester
@@ -75,15 +76,23 @@ def package_ingest(
     eperson_email: str,
     parent_handle: str | None = None,
     replace_handle: str | None = None,
+    progress: Progress | None = None,
 ) -> IngestReport:
-    """Ingest the package at ``path`` (and with ``options.recursive`` its descendants) in one transaction."""
+    """Ingest the package at ``path`` (and with ``options.recursive`` its descendants) in one transaction.
+
+    ``progress`` hears of each package read; raising from it (a cancelled job) rolls the run back.
+    """
     started = time.monotonic()
     report = IngestReport()
     stored = StoredFiles()
+    if progress is not None:
+        progress.total(package_count_estimate(path, recursive=options.recursive))
     try:
         with transaction.atomic(), change_tracking_suspended():
             current_user = EPerson.objects.get(email__iexact=eperson_email)
-            run = _IngestRun(options=options, report=report, stored=stored, current_user=current_user)
+            run = _IngestRun(
+                options=options, report=report, stored=stored, current_user=current_user, progress=progress
+            )
             run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle)
             report.roles = run.objects.roles.changes
     except BaseException:
@@ -96,8 +105,17 @@ def package_ingest(
 
 
 class _IngestRun:
-    def __init__(self, *, options: IngestOptions, report: IngestReport, stored: StoredFiles, current_user: EPerson):
+    def __init__(
+        self,
+        *,
+        options: IngestOptions,
+        report: IngestReport,
+        stored: StoredFiles,
+        current_user: EPerson,
+        progress: Progress | None,
+    ):
         self.options = options
+        self.progress = progress
         self.report = report
         self.objects = ObjectIngester(
             options=options, stored=stored, current_user=current_user, warn=self.warn
@@ -118,6 +136,8 @@ class _IngestRun:
                 self._map_into(self.done[pending.path], pending.listed_by)
                 continue
             result = self._ingest_path(pending, replace_handle if pending.is_top else None)
+            if self.progress is not None:
+                self.progress.advance(size=pending.path.stat().st_size if pending.path.exists() else 0)
             if result.obj is None:
                 # Skipped for a missing parent: a later listing (its owner's) may still ingest it.
                 continue

@@ -33,6 +33,7 @@ from aip.mets.model import FileRecord, PackageManifest
 from aip.mets.reader import read_manifest
 from aip.mets.validation import SchemaUnavailableError, load_schema, schema_dir_or_error, validate_manifest
 from aip.package import MANIFEST_NAME, ManifestOnlyReader, PackageReader, md5_of, package_open
+from aip.progress import Progress, package_count_estimate
 from aip.services.bitstream_ingest import is_placeholder
 from aip.services.ingest import child_package_path
 
@@ -97,9 +98,13 @@ def verify_validate_option(raw: dict[str, str]) -> bool:
     return value == "true"
 
 
-def tree_verify(*, path: Path, recursive: bool, validate: bool) -> VerifyReport:
+def tree_verify(
+    *, path: Path, recursive: bool, validate: bool, progress: Progress | None = None
+) -> VerifyReport:
     """Check the package at ``path`` (with ``recursive``, its whole tree) and return every problem found."""
     started = time.monotonic()
+    if progress is not None:
+        progress.total(package_count_estimate(path, recursive=recursive))
     report = VerifyReport()
     schema_dir = _schema_dir(report) if validate else None
 
@@ -113,6 +118,8 @@ def tree_verify(*, path: Path, recursive: bool, validate: bool) -> VerifyReport:
             continue
         visited.add(current)
         manifest = _package_verify(current, schema_dir=schema_dir, report=report)
+        if progress is not None:
+            progress.advance(size=current.stat().st_size if _is_file(current) else 0)
         if manifest is None:
             continue
         read.append(_facts(current.name, manifest))

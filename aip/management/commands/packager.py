@@ -10,6 +10,7 @@ from aip import selectors
 from aip.errors import AipError
 from aip.models import Job
 from aip.options import export_options, ingest_options, parse_option_pairs
+from aip.progress import TerminalProgress
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
 from aip.services.jobs import job_create, job_enqueue
@@ -101,7 +102,12 @@ class Command(BaseCommand):
         path = Path(options["file"]).resolve()
         if options["background"]:
             return self._enqueue(Job.Kind.EXPORT, options)
-        result = object_export(obj=obj, path=path, options=export, progress=self._progress_printer())
+        progress = self._progress("exported")
+        progress.total(selectors.tree_size(obj) if export.recursive else 1)
+        try:
+            result = object_export(obj=obj, path=path, options=export, progress=progress.package_written)
+        finally:
+            progress.close()
         unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
         self.stdout.write(
             f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
@@ -116,7 +122,11 @@ class Command(BaseCommand):
         path = Path(options["file"]).resolve()
         if options["background"]:
             return self._enqueue(Job.Kind.VERIFY, options)
-        report = tree_verify(path=path, recursive=options["all"], validate=validate)
+        progress = self._progress("verified")
+        try:
+            report = tree_verify(path=path, recursive=options["all"], validate=validate, progress=progress)
+        finally:
+            progress.close()
         for problem in report.problems:
             self.stderr.write(f"PROBLEM: {problem}")
         for warning in report.warnings:
@@ -128,10 +138,10 @@ class Command(BaseCommand):
                 f"{' and its child packages' if options['all'] else ''}; each is listed above as PROBLEM."
             )
 
-    def _progress_printer(self):
-        if self.verbosity < 2 and not sys.stdout.isatty():
-            return None
-        return lambda path: self.stdout.write(f"  wrote {path.name}")
+    def _progress(self, verb: str) -> TerminalProgress:
+        """A bar on a terminal; in a log, a plain line now and then (and one per package with -v 2)."""
+        stream = _UnendedOutput(self.stdout)
+        return TerminalProgress(stream, verb=verb, is_terminal=self.stdout.isatty(), every_package=self.verbosity >= 2)
 
     def _ingest(self, options: dict) -> None:
         if options["restore"] and options["submit"]:
@@ -154,13 +164,18 @@ class Command(BaseCommand):
             if options["restore"]:
                 kind = Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
             return self._enqueue(kind, options)
-        report = package_ingest(
-            path=Path(options["file"]).resolve(),
-            options=ingest,
-            parent_handle=parent,
-            replace_handle=options["identifier"],
-            eperson_email=options["eperson"],
-        )
+        progress = self._progress("read")
+        try:
+            report = package_ingest(
+                path=Path(options["file"]).resolve(),
+                options=ingest,
+                parent_handle=parent,
+                replace_handle=options["identifier"],
+                eperson_email=options["eperson"],
+                progress=progress,
+            )
+        finally:
+            progress.close()
         self._print_report(report)
 
     def _enqueue(self, kind: str, options: dict) -> None:
@@ -208,3 +223,16 @@ class Command(BaseCommand):
             self.stderr.write(f"WARNING: {warning}")
         for line in report.lines():
             self.stdout.write(line)
+
+
+class _UnendedOutput:
+    """The command's output without the line ending Django adds, so that a bar can redraw its line."""
+
+    def __init__(self, output):
+        self.output = output
+
+    def write(self, text: str) -> None:
+        self.output.write(text, ending="")
+
+    def flush(self) -> None:
+        self.output.flush()
