@@ -18,7 +18,11 @@ TEST_DATABASE_URL := postgres://postgres@127.0.0.1:5432/aip_backup
 # Extra pytest arguments, for example: make test PYTEST_ARGS="tests/repository -x"
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+# Redis of `make web`, `make worker` and `make scheduler` when REDIS_URL is unset or empty.
+DEV_REDIS_URL := redis://127.0.0.1:6379/0
+DEV_ENV := REDIS_URL="$${REDIS_URL:-$(DEV_REDIS_URL)}"
+
+.PHONY: venv demo test web worker scheduler clean
 
 venv: $(VENV_STAMP)
 
@@ -32,6 +36,17 @@ demo: venv
 
 test: venv
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Development servers, one per terminal; they share DATABASE_URL (SQLite under var/ when unset) and Redis.
+web: venv
+	$(DEV_ENV) $(VENV_PYTHON) manage.py migrate --no-input
+	$(DEV_ENV) $(VENV_PYTHON) manage.py runserver 127.0.0.1:8000
+
+worker: venv
+	$(DEV_ENV) $(VENV_PYTHON) manage.py rqworker default
+
+scheduler: venv
+	$(DEV_ENV) $(VENV_PYTHON) manage.py aip_scheduler
 
 clean:
 	rm -rf var/demo

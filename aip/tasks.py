@@ -5,3 +5,10 @@ from aip.services.jobs import job_run
 def run_job(job_id: int) -> str:
     """Run the packager job ``job_id`` and return its final state; the ``Job`` row records the outcome."""
     return job_run(job_id).state
+
+
+def backup_schedules_tick() -> list[int]:
+    """Start a backup job for every due schedule and return the new job ids; rq-scheduler runs this each minute."""
+    from aip.services.schedules import schedules_tick
+
+    return [job.pk for job in schedules_tick()]

@@ -30,6 +30,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files under gunicorn, from STATIC_ROOT after collectstatic.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -84,6 +86,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise finds the admin's files in the installed apps, so no collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
 
 # Bitstream files live in the "bitstreams" storage: the local disk by default,
 # any django-storages backend (S3-compatible object storage, for one) by settings.
@@ -97,13 +101,80 @@ STORAGES = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(BITSTREAM_ROOT)},
     },
-    # Where AIPs written from the admin and by scheduled backups live.
+    # Where AIPs written from the admin and by scheduled backups live: see the "aips" section below.
     "aips": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(Path(os.environ.get("AIP_STORAGE_ROOT", VAR_DIR / "aips")))},
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+
+# The "aips" storage is a folder (AIP_STORAGE_ROOT) unless AIP_S3_BUCKET names an S3-compatible bucket.
+def aip_s3_storage(environ) -> dict:
+    """Build the STORAGES entry of an S3-compatible AIP storage from the AIP_S3_* variables in ``environ``."""
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from django.core.exceptions import ImproperlyConfigured
+
+    access_key = environ.get("AWS_ACCESS_KEY_ID", "")
+    secret_key = environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if not access_key or not secret_key:
+        raise ImproperlyConfigured(
+            "AIP_S3_BUCKET is set, so AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set too: "
+            "set both to the access key of the bucket, or unset AIP_S3_BUCKET to keep AIPs on the local disk."
+        )
+    chunk_size = _positive_int(environ, "AIP_S3_CHUNK_SIZE_MB", "8", minimum=5) * 1024 * 1024
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": environ["AIP_S3_BUCKET"],
+            # Unset means AWS's own endpoint for the region; S3-compatible services need their URL here.
+            "endpoint_url": environ.get("AIP_S3_ENDPOINT_URL") or None,
+            "region_name": environ.get("AIP_S3_REGION") or None,
+            "location": environ.get("AIP_S3_PREFIX", "").strip("/"),
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "security_token": environ.get("AWS_SESSION_TOKEN") or None,
+            "file_overwrite": True,
+            # A file read from S3 is spooled to a temporary file beyond this size, so a download
+            # of a large AIP does not sit in memory.
+            "max_memory_size": 8 * 1024 * 1024,
+            "default_acl": None,
+            "querystring_auth": True,
+            "client_config": Config(
+                s3={"addressing_style": environ.get("AIP_S3_ADDRESSING_STYLE") or "auto"},
+                signature_version="s3v4",
+                connect_timeout=10,
+                read_timeout=60,
+                # botocore retries each request; aip.storage retries each whole operation on top.
+                retries={"mode": "standard", "max_attempts": 3},
+            ),
+            # Files of at least one chunk go as multipart uploads whose parts are read from disk while
+            # they are sent, and downloads are written as they arrive, so memory does not grow with file size.
+            "transfer_config": TransferConfig(
+                multipart_threshold=chunk_size,
+                multipart_chunksize=chunk_size,
+                max_concurrency=_positive_int(environ, "AIP_S3_MAX_CONCURRENCY", "4", minimum=1),
+                # Downloaded blocks (256 KiB, boto3's io_chunksize) waiting for the disk: at most 4 MiB.
+                max_io_queue=16,
+                use_threads=True,
+            ),
+        },
+    }
+
+
+def _positive_int(environ, name: str, default: str, *, minimum: int) -> int:
+    from django.core.exceptions import ImproperlyConfigured
+
+    value = environ.get(name, default)
+    if not value.isdigit() or int(value) < minimum:
+        raise ImproperlyConfigured(f"{name} is {value!r}; set it to a whole number of at least {minimum}.")
+    return int(value)
+
+
+if os.environ.get("AIP_S3_BUCKET"):
+    STORAGES["aips"] = aip_s3_storage(os.environ)
 
 # Jobs go to Redis when REDIS_URL is set; without it they run in the calling process.
 REDIS_URL = os.environ.get("REDIS_URL", "")

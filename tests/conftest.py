@@ -3,11 +3,17 @@
 The suite runs on PostgreSQL (DATABASE_URL); bitstreams are written to a fresh
 folder per test so that tests can check exactly which files a run left behind.
 """
+import importlib
 import os
 from pathlib import Path
 
 import pytest
-from django.core.files.storage import storages
+from django.apps import apps as django_apps
+from django.core.files.storage import FileSystemStorage, storages
+
+from repository.models import Bitstream
+
+seed_registry = importlib.import_module("repository.migrations.0002_registry").seed_registry
 
 
 def _dir_from_env(name: str) -> Path | None:
@@ -40,16 +46,36 @@ def schema_dir() -> Path:
 
 
 @pytest.fixture
-def bitstream_storage(tmp_path, settings):
-    """Point the bitstream storage at an empty folder for this test and return that folder."""
+def bitstream_storage(tmp_path):
+    """Point the bitstream storage at an empty folder for this test and return that folder.
+
+    Both the storage handler's entry and the storage of ``Bitstream.file`` are replaced:
+    a test that overrides STORAGES makes the handler build new instances, while the
+    model field keeps the one it got at import.
+    """
     root = tmp_path / "assetstore"
     root.mkdir()
-    storage = storages["bitstreams"]
-    previous = storage.location
-    storage._location = str(root)
-    storage.__dict__.pop("base_location", None)
-    storage.__dict__.pop("location", None)
+    field = Bitstream._meta.get_field("file")
+    previous_field_storage = field.storage
+    storage = FileSystemStorage(location=str(root))
+    storages._storages["bitstreams"] = storage
+    field.storage = storage
     yield root
-    storage._location = previous
-    storage.__dict__.pop("base_location", None)
-    storage.__dict__.pop("location", None)
+    field.storage = previous_field_storage
+    storages._storages.pop("bitstreams", None)
+
+
+@pytest.fixture(autouse=True)
+def _registry_after_flush(request):
+    """Seed the registries and system groups again for tests that commit.
+
+    Such tests end by emptying every table, which also removes the rows a data
+    migration created, so each one starts by creating them again.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    commits = bool(marker and marker.kwargs.get("transaction")) or any(
+        name in request.fixturenames for name in ("transactional_db", "live_server")
+    )
+    if commits:
+        request.getfixturevalue("transactional_db")
+        seed_registry(django_apps, None)

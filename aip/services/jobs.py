@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,14 +29,18 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 from rq import get_current_job
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RqJob
 
 from aip import selectors
-from aip.errors import AipError
+from aip.errors import AipError, JobCancelledError
 from aip.models import Job
 from aip.options import export_options, ingest_options
+from aip.services.backups import backup_job_run
 from aip.services.export import object_export
 from aip.services.ingest import package_ingest
 from aip.services.verify import tree_verify, verify_validate_option
+from aip.storage import aip_storage, staged_read, staged_write
 from repository.models import EPerson
 from repository.permissions import is_administrator
 
@@ -43,8 +48,8 @@ logger = logging.getLogger(__name__)
 
 # Progress and log lines reach the database at most this often, so a large export does not write a row per package.
 PROGRESS_INTERVAL = 1.0
-# A background thread refreshes the heartbeat this often, also while a service reports no progress
-# (an ingest runs in one transaction, so its own writes stay invisible until it commits).
+# The longest a live job goes without a heartbeat: its reporting thread refreshes it every
+# PROGRESS_INTERVAL, and this margin covers a busy database. The reaper waits for ten of these.
 HEARTBEAT_INTERVAL = 30.0
 INGEST_KINDS = (Job.Kind.SUBMIT, Job.Kind.RESTORE, Job.Kind.REPLACE)
 
@@ -61,11 +66,16 @@ def job_create(
     keep_existing: bool = False,
     use_workflow: bool = True,
     user=None,
+    storage: str = "",
 ) -> Job:
     """Check the arguments as the packager command would and save a queued job.
 
-    Raises ``AipError`` for an EPerson who is not an administrator, bad options,
-    or an export without a handle, so that a bad job fails here and not in the worker.
+    With ``storage`` (a STORAGES alias), ``path`` is a "/"-separated package name in that
+    storage; without it, ``path`` is a file on the worker's disk.
+
+    Raises ``AipError`` for an EPerson who is not an administrator, bad options, an export
+    without a handle, an unknown storage or an invalid name in it, so that a bad job fails
+    here and not in the worker.
     """
     options = dict(options or {})
     if not is_administrator(EPerson.objects.filter(email__iexact=eperson_email).first()):
@@ -75,11 +85,20 @@ def job_create(
         )
     if kind == Job.Kind.EXPORT and not handle:
         raise AipError("An export job needs the handle of the object to export.")
+    if storage:
+        aip_storage(storage)
+        name = str(path).strip("/")
+        if not name or any(part in ("", ".", "..") for part in name.split("/")):
+            raise AipError(
+                f"Package name {str(path)!r} in storage {storage!r} is invalid: give a '/'-separated name "
+                "relative to the storage, such as 'exports/SITE@123456789-0.zip'."
+            )
     job = Job(
         kind=kind,
         eperson_email=eperson_email,
         user=user,
-        path=str(Path(path).resolve()),
+        storage=storage,
+        path=name if storage else str(Path(path).resolve()),
         handle=handle or "",
         parent_handle=parent_handle or "",
         options=options,
@@ -147,8 +166,12 @@ def job_run(job_id: int) -> Job:
     recorder = _Recorder(job.pk)
     logger.info("job %s started: %s %s", job.pk, job.kind, job.handle or job.path)
     try:
-        with _heartbeat(job.pk):
+        with _reporting(recorder):
+            _export_total(job, recorder)
             result_path = _RUNNERS[job.kind](job, recorder)
+    except JobCancelledError as error:
+        logger.info("job %s (%s) cancelled", job.pk, job.handle or job.path)
+        recorder.finish(state=Job.State.CANCELLED, error=str(error))
     except AipError as error:
         logger.info("job %s (%s) failed: %s", job.pk, job.handle or job.path, error)
         recorder.finish(state=Job.State.FAILED, error=str(error))
@@ -166,6 +189,8 @@ def job_retry(job: Job, *, user=None) -> Job:
     """Create and enqueue a new job with the arguments of the failed or cancelled ``job``."""
     if job.state not in (Job.State.FAILED, Job.State.CANCELLED):
         raise AipError(f"Job {job.pk} is {job.state}; only failed or cancelled jobs can be retried.")
+    if job.kind == Job.Kind.BACKUP:
+        return _backup_retry(job, user=user)
     retry = job_create(
         kind=job.kind,
         eperson_email=job.eperson_email,
@@ -177,6 +202,7 @@ def job_retry(job: Job, *, user=None) -> Job:
         keep_existing=job.keep_existing,
         use_workflow=job.use_workflow,
         user=user or job.user,
+        storage=job.storage,
     )
     retry.retry_of = job
     retry.save(update_fields=["retry_of"])
@@ -184,8 +210,62 @@ def job_retry(job: Job, *, user=None) -> Job:
     return job_enqueue(retry)
 
 
+def _backup_retry(job: Job, *, user=None) -> Job:
+    """Start the failed backup's schedule again: a new backup folder, compared with the newest verified backup."""
+    # Imported here because the schedules module builds on this one.
+    from aip.services.schedules import backup_start
+
+    if job.schedule is None:
+        raise AipError(f"Backup job {job.pk} has no schedule any more, so it cannot be retried; start a new backup.")
+    retry = backup_start(job.schedule, user=user or job.user)
+    Job.objects.filter(pk=retry.pk).update(retry_of=job)
+    retry.refresh_from_db()
+    logger.info("job %s retries backup job %s", retry.pk, job.pk)
+    return retry
+
+
+def job_cancel(job: Job, *, user=None) -> Job:
+    """Cancel ``job``: a queued job at once, a running one at its next progress report.
+
+    A cancelled ingest rolls back like a failed one; a cancelled export publishes
+    nothing more than the packages it had completed.
+    """
+    who = getattr(user, "username", "") or "an operator"
+    cancelled = Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(
+        state=Job.State.CANCELLED,
+        finished_at=timezone.now(),
+        error=f"Cancelled by {who} before it started.",
+        log=Concat(F("log"), Value(f"Cancelled by {who} before it started.\n")),
+    )
+    if cancelled:
+        _rq_cancel(job)
+        logger.info("job %s cancelled by %s while queued", job.pk, who)
+    elif Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(cancel_requested=True):
+        logger.info("job %s: cancel requested by %s", job.pk, who)
+    else:
+        job.refresh_from_db()
+        raise AipError(f"Job {job.pk} is {job.state}; only queued or running jobs can be cancelled.")
+    job.refresh_from_db()
+    return job
+
+
+def _rq_cancel(job: Job) -> None:
+    """Drop a cancelled job from the RQ queue; a worker that still picks it up finds it not queued and skips it."""
+    if not (settings.REDIS_URL and job.rq_job_id):
+        return
+    try:
+        rq_job = RqJob.fetch(job.rq_job_id, connection=django_rq.get_connection("default"))
+        rq_job.cancel()
+    except (NoSuchJobError, InvalidJobOperation, redis.RedisError) as error:
+        logger.info("job %s: RQ job %s not cancelled on Redis: %s", job.pk, job.rq_job_id, error)
+
+
 def jobs_reap(*, stale_after: timedelta) -> list[int]:
-    """Mark failed every running job whose heartbeat is older than ``stale_after``; return their ids."""
+    """Mark failed the jobs whose worker or queue entry was lost, and return their ids.
+
+    A running job is lost when its heartbeat is older than ``stale_after``; a queued
+    one when it has waited that long and Redis no longer holds its RQ job.
+    """
     limit = timezone.now() - stale_after
     reaped = []
     for job in Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=limit).order_by("pk"):
@@ -201,12 +281,37 @@ def jobs_reap(*, stale_after: timedelta) -> list[int]:
         if updated:
             logger.warning("job %s reaped: %s", job.pk, message)
             reaped.append(job.pk)
+    return reaped + _lost_queued_reap(limit)
+
+
+def _lost_queued_reap(limit) -> list[int]:
+    """Mark failed the queued jobs that Redis no longer holds (Redis restarted or was flushed)."""
+    if not settings.REDIS_URL:
+        return []
+    reaped = []
+    redis_connection = django_rq.get_connection("default")
+    for job in Job.objects.filter(state=Job.State.QUEUED, created_at__lt=limit).exclude(rq_job_id="").order_by("pk"):
+        try:
+            if RqJob.exists(job.rq_job_id, connection=redis_connection):
+                continue
+        except redis.RedisError as error:
+            logger.warning("queued jobs not checked, Redis is unreachable: %s", error)
+            return reaped
+        message = (
+            f"RQ job {job.rq_job_id} is no longer in Redis (Redis was restarted or flushed) and the job never "
+            "started. Retry the job."
+        )
+        if Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(
+            state=Job.State.FAILED, finished_at=timezone.now(), error=message
+        ):
+            logger.warning("job %s reaped: %s", job.pk, message)
+            reaped.append(job.pk)
     return reaped
 
 
 def _options_check(job: Job) -> None:
     """Parse the job's options as its run will, so that invalid ones raise ``InvalidOptionError`` now."""
-    if job.kind == Job.Kind.EXPORT:
+    if job.kind in (Job.Kind.EXPORT, Job.Kind.BACKUP):
         export_options(job.options, recursive=job.recursive)
     elif job.kind == Job.Kind.VERIFY:
         verify_validate_option(job.options)
@@ -225,6 +330,14 @@ def _ingest_options(job: Job):
     )
 
 
+def _export_total(job: Job, recorder: _Recorder) -> None:
+    """Tell the recorder how many packages an export will write; ingest and verify count their own."""
+    if job.kind in (Job.Kind.EXPORT, Job.Kind.BACKUP):
+        obj = selectors.object_by_handle(job.handle) if job.handle else selectors.site_get()
+        if obj is not None:
+            recorder.total(selectors.tree_size(obj) if job.recursive else 1)
+
+
 def _worker_name() -> str:
     rq_job = get_current_job()
     if rq_job is not None and rq_job.worker_name:
@@ -233,91 +346,148 @@ def _worker_name() -> str:
 
 
 class _Recorder:
-    """Progress, heartbeat and log lines of one running job.
+    """Progress, heartbeat, log lines and cancel requests of one running job.
 
-    ``package_written`` buffers and writes at most once per PROGRESS_INTERVAL, and ``finish`` writes the rest.
+    Services report each package through ``package_written`` or ``advance``; the
+    counters reach the row at most once per PROGRESS_INTERVAL. On PostgreSQL a
+    reporting thread with its own connection writes them, so that the progress of
+    an ingest shows while its own transaction is still open. Each report also
+    reads ``cancel_requested``; once it is set, the next ``package_written`` or
+    ``advance`` raises ``JobCancelledError`` in the service.
     """
 
     def __init__(self, job_id: int):
         self.job_id = job_id
         self.objects_done = 0
+        self.objects_total: int | None = None
         self.bytes_done = 0
         self.pending_lines: list[str] = []
         self.last_write = time.monotonic()
+        self.threaded = False
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+
+    def total(self, objects: int) -> None:
+        with self.lock:
+            self.objects_total = objects
+        self._report_from_caller(force=True)
 
     def package_written(self, path: Path) -> None:
-        self.objects_done += 1
-        self.bytes_done += path.stat().st_size
-        self.pending_lines.append(f"Wrote {path.name}")
-        if time.monotonic() - self.last_write >= PROGRESS_INTERVAL:
-            self.flush()
+        self.advance(objects=1, size=path.stat().st_size, line=f"Wrote {path.name}")
+
+    def advance(self, *, objects: int = 1, size: int = 0, line: str = "") -> None:
+        """Count work done; raise ``JobCancelledError`` when the job was cancelled."""
+        with self.lock:
+            self.objects_done += objects
+            self.bytes_done += size
+            if line:
+                self.pending_lines.append(line)
+        self._report_from_caller()
+        if self.cancelled.is_set():
+            raise JobCancelledError(f"Job {self.job_id} was cancelled after {self.objects_done} object(s).")
 
     def lines(self, lines: list[str]) -> None:
-        self.pending_lines.extend(lines)
+        with self.lock:
+            self.pending_lines.extend(lines)
 
     def flush(self, **fields) -> None:
-        # Concat appends in the database, so a long log is not read and rewritten on every write.
-        text = "".join(f"{line}\n" for line in self.pending_lines)
+        with self.lock:
+            # Concat appends in the database, so a long log is not read and rewritten on every write.
+            text = "".join(f"{line}\n" for line in self.pending_lines)
+            self.pending_lines = []
+            counters = {"objects_done": self.objects_done, "bytes_done": self.bytes_done}
+            if self.objects_total is not None:
+                counters["objects_total"] = self.objects_total
         Job.objects.filter(pk=self.job_id).update(
-            objects_done=self.objects_done,
-            bytes_done=self.bytes_done,
-            heartbeat_at=timezone.now(),
-            log=Concat(F("log"), Value(text)),
-            **fields,
+            heartbeat_at=timezone.now(), log=Concat(F("log"), Value(text)), **counters, **fields
         )
-        self.pending_lines = []
         self.last_write = time.monotonic()
+        if not fields and Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+            self.cancelled.set()
 
     def finish(self, *, state: str, error: str = "", result_path: str = "") -> None:
         if error:
-            self.pending_lines.append(f"FAILED: {error}")
+            self.lines([f"{'CANCELLED' if state == Job.State.CANCELLED else 'FAILED'}: {error}"])
         self.flush(state=state, error=error, result_path=result_path, finished_at=timezone.now())
+
+    def _report_from_caller(self, *, force: bool = False) -> None:
+        # Without the reporting thread, the caller writes, but never inside a transaction,
+        # whose writes would stay invisible (and on SQLite would lock out other writers).
+        if self.threaded or connection.in_atomic_block:
+            return
+        if force or time.monotonic() - self.last_write >= PROGRESS_INTERVAL:
+            self.flush()
 
 
 @contextmanager
-def _heartbeat(job_id: int) -> Iterator[None]:
-    """Refresh the job's heartbeat from a thread, with its own database connection, while the block runs."""
+def _reporting(recorder: _Recorder) -> Iterator[None]:
+    """Write progress and the heartbeat from a thread with its own connection while the block runs.
+
+    SQLite allows one writer at a time, so there the caller reports between transactions instead.
+    """
+    if connection.vendor == "sqlite":
+        yield
+        return
     stop = threading.Event()
 
-    def beat() -> None:
+    def report() -> None:
         try:
-            while not stop.wait(HEARTBEAT_INTERVAL):
-                Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(heartbeat_at=timezone.now())
+            while not stop.wait(PROGRESS_INTERVAL):
+                recorder.flush()
         except Exception:
-            logger.exception("job %s: the heartbeat thread stopped", job_id)
+            logger.exception("job %s: the reporting thread stopped", recorder.job_id)
         finally:
             connection.close()
 
-    thread = threading.Thread(target=beat, name=f"aip-job-{job_id}-heartbeat", daemon=True)
+    thread = threading.Thread(target=report, name=f"aip-job-{recorder.job_id}-report", daemon=True)
+    recorder.threaded = True
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+        recorder.threaded = False
 
 
 def _export_run(job: Job, recorder: _Recorder) -> str:
+    """Export into a local folder, or into the folder of ``job.path`` in ``job.storage``.
+
+    A storage export writes the whole tree into a staging folder first and publishes it only
+    when the export succeeded, so a failed or cancelled export leaves the storage as it was.
+    """
     options = export_options(job.options, recursive=job.recursive)
     obj = selectors.object_by_handle_or_error(job.handle)
-    path = Path(job.path)
-    result = object_export(obj=obj, path=path, options=options, progress=recorder.package_written)
+    if job.storage:
+        folder, top_name = posixpath.split(job.path)
+        target = staged_write(aip_storage(job.storage), folder)
+        place = f"{folder or '/'} of storage {job.storage!r}"
+    else:
+        folder, top_name = str(Path(job.path).parent), Path(job.path).name
+        target = nullcontext(Path(folder))
+        place = folder
+
+    with target as local:
+        result = object_export(obj=obj, path=local / top_name, options=options, progress=recorder.package_written)
+
     unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
     recorder.lines([
         f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
-        f"in {result.seconds:.1f} s into {path.parent}{unchanged}"
+        f"in {result.seconds:.1f} s into {place}{unchanged}"
     ])
-    return str(path)
+    return job.path
 
 
 def _ingest_run(job: Job, recorder: _Recorder) -> str:
-    report = package_ingest(
-        path=Path(job.path),
-        options=_ingest_options(job),
-        parent_handle=job.parent_handle or None,
-        replace_handle=job.handle or None,
-        eperson_email=job.eperson_email,
-    )
+    with _package_source(job) as path:
+        report = package_ingest(
+            path=path,
+            options=_ingest_options(job),
+            parent_handle=job.parent_handle or None,
+            replace_handle=job.handle or None,
+            eperson_email=job.eperson_email,
+            progress=recorder,
+        )
     recorder.objects_done = len(report.created) + len(report.replaced) + len(report.skipped)
     recorder.bytes_done = report.bytes_stored
     recorder.lines([f"WARNING: {warning}" for warning in report.warnings] + report.lines())
@@ -325,8 +495,10 @@ def _ingest_run(job: Job, recorder: _Recorder) -> str:
 
 
 def _verify_run(job: Job, recorder: _Recorder) -> str:
-    path = Path(job.path)
-    report = tree_verify(path=path, recursive=job.recursive, validate=verify_validate_option(job.options))
+    with _package_source(job) as path:
+        report = tree_verify(
+            path=path, recursive=job.recursive, validate=verify_validate_option(job.options), progress=recorder
+        )
     recorder.objects_done = report.packages
     recorder.bytes_done = report.bytes_checked
     recorder.lines(
@@ -342,8 +514,16 @@ def _verify_run(job: Job, recorder: _Recorder) -> str:
     return ""
 
 
+def _package_source(job: Job):
+    """Return a context manager yielding a local path of the job's package, with its folder when recursive."""
+    if not job.storage:
+        return nullcontext(Path(job.path))
+    return staged_read(aip_storage(job.storage), job.path, with_folder=job.recursive)
+
+
 _RUNNERS: dict[str, Callable[[Job, _Recorder], str]] = {
     Job.Kind.EXPORT: _export_run,
     Job.Kind.VERIFY: _verify_run,
+    Job.Kind.BACKUP: backup_job_run,
     **{kind: _ingest_run for kind in INGEST_KINDS},
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from rq import SimpleWorker
 
 from repository.demo import demo_repository_build
 from repository.models import (
@@ -143,3 +144,14 @@ PERSON_FIELDS = [
     "password_digest_algorithm",
     "password_salt",
 ]
+
+
+class BurstWorker(SimpleWorker):
+    """An RQ worker without the command channel (stop and kill requests), which a burst run in a test never gets.
+
+    rq 2.12 listens on that channel in a thread polling every 60 s, and stopping the thread
+    at the end of a burst run sometimes waits for the whole poll.
+    """
+
+    def subscribe(self) -> None:
+        self.pubsub_thread = None

@@ -14,12 +14,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
-from rq import SimpleWorker
 
 from aip.errors import AipError, InvalidOptionError
 from aip.models import Job
 from aip.services.jobs import job_create, job_enqueue, job_retry, job_run, jobs_reap
-from tests.aip.conftest import ADMIN_EMAIL, export_site
+from tests.aip.conftest import ADMIN_EMAIL, BurstWorker, export_site
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 SITE_HANDLE = "123456789/0"
@@ -51,7 +50,7 @@ def enqueue(django_capture_on_commit_callbacks):
 
 
 def work(queue) -> None:
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    BurstWorker([queue], connection=queue.connection).work(burst=True)
 
 
 def site_export_job(folder, **arguments) -> Job:
@@ -350,3 +349,20 @@ def test_job_admin_shows_log(admin_client, demo, tmp_path, settings):
     assert detail.status_code == 200
     assert "Wrote SITE@123456789-0.zip" in detail.content.decode()
     assert "Save" not in detail.content.decode()
+
+
+def test_jobs_reap_fails_queued_job_lost_by_redis(demo, tmp_path, queue, enqueue):
+    job = enqueue(site_export_job(tmp_path))
+    waiting = site_export_job(tmp_path / "other")
+    enqueue(waiting)
+    queue.connection.delete(f"rq:job:{job.rq_job_id}")
+    Job.objects.filter(pk__in=[job.pk, waiting.pk]).update(created_at=timezone.now() - timedelta(hours=1))
+
+    reaped = jobs_reap(stale_after=timedelta(minutes=5))
+
+    job.refresh_from_db()
+    waiting.refresh_from_db()
+    assert reaped == [job.pk]
+    assert job.state == Job.State.FAILED
+    assert f"RQ job {job.rq_job_id} is no longer in Redis" in job.error
+    assert waiting.state == Job.State.QUEUED
