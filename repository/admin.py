@@ -4,6 +4,10 @@ Foreign keys to tables that grow with the repository (items, bitstreams, handles
 EPeople) use autocomplete or raw id widgets, because a plain select box would load
 every row on each form. Size, checksum and file of a bitstream are read-only here:
 they describe the stored file, and changing them by hand would make fixity checks fail.
+
+Communities, collections and items have the actions "Export AIP" and "Export AIP
+with all children", and the site has "Back up the whole site"; each queues export
+jobs into the "aips" storage (see ``aip.admin_views``).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from django.contrib.admin import helpers
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.template.response import TemplateResponse
+
+from aip import selectors
+from aip.admin_views import ExportActionsMixin, export_page
 
 from .models import (
     OBJECT_FIELDS,
@@ -136,10 +143,26 @@ class SiteAdmin(admin.ModelAdmin):
     readonly_fields = ("uuid",)
     autocomplete_fields = ("handle",)
     inlines = (SiteMetadataInline,)
+    actions = ("backup_site",)
+
+    def has_export_aip_permission(self, request) -> bool:
+        return request.user.has_perm("aip.export_aip")
+
+    @admin.action(description="Back up the whole site…", permissions=["export_aip"])
+    def backup_site(self, request, queryset):
+        # The installation has one site, and its backup is every object below it, whichever row was ticked.
+        return export_page(
+            self,
+            request,
+            objects=[selectors.site_get()],
+            recursive=True,
+            title="Back up the whole site",
+            action="backup_site",
+        )
 
 
 @admin.register(Community)
-class CommunityAdmin(admin.ModelAdmin):
+class CommunityAdmin(ExportActionsMixin, admin.ModelAdmin):
     list_display = ("name", handle_column, "parent")
     list_select_related = ("handle", "parent")
     search_fields = ("name", "handle__handle")
@@ -149,7 +172,7 @@ class CommunityAdmin(admin.ModelAdmin):
 
 
 @admin.register(Collection)
-class CollectionAdmin(admin.ModelAdmin):
+class CollectionAdmin(ExportActionsMixin, admin.ModelAdmin):
     list_display = ("name", handle_column, "community")
     list_select_related = ("handle", "community")
     search_fields = ("name", "handle__handle")
@@ -170,7 +193,7 @@ class CollectionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(ExportActionsMixin, admin.ModelAdmin):
     list_display = (
         "name",
         handle_column,
