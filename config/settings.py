@@ -110,9 +110,14 @@ STORAGES = {
 }
 
 
-# The "aips" storage is a folder (AIP_STORAGE_ROOT) unless AIP_S3_BUCKET names an S3-compatible bucket.
-def aip_s3_storage(environ) -> dict:
-    """Build the STORAGES entry of an S3-compatible AIP storage from the AIP_S3_* variables in ``environ``."""
+# The "aips" storage is a folder (AIP_STORAGE_ROOT) unless AIP_S3_BUCKET names an S3-compatible bucket,
+# and the "bitstreams" storage a folder (BITSTREAM_ROOT) unless BITSTREAM_S3_BUCKET names one.
+def aip_s3_storage(environ, *, bucket_variable: str = "AIP_S3_BUCKET", prefix_variable: str = "AIP_S3_PREFIX") -> dict:
+    """Build the STORAGES entry of an S3-compatible storage from the AIP_S3_* variables in ``environ``.
+
+    The bucket and the key prefix come from ``bucket_variable`` and ``prefix_variable``, so the
+    bitstream storage can use another bucket on the same endpoint with the same credentials.
+    """
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
     from django.core.exceptions import ImproperlyConfigured
@@ -121,18 +126,18 @@ def aip_s3_storage(environ) -> dict:
     secret_key = environ.get("AWS_SECRET_ACCESS_KEY", "")
     if not access_key or not secret_key:
         raise ImproperlyConfigured(
-            "AIP_S3_BUCKET is set, so AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set too: "
-            "set both to the access key of the bucket, or unset AIP_S3_BUCKET to keep AIPs on the local disk."
+            f"{bucket_variable} is set, so AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set too: "
+            f"set both to the access key of the bucket, or unset {bucket_variable} to keep the files on the local disk."
         )
     chunk_size = _positive_int(environ, "AIP_S3_CHUNK_SIZE_MB", "8", minimum=5) * 1024 * 1024
     return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": environ["AIP_S3_BUCKET"],
+            "bucket_name": environ[bucket_variable],
             # Unset means AWS's own endpoint for the region; S3-compatible services need their URL here.
             "endpoint_url": environ.get("AIP_S3_ENDPOINT_URL") or None,
             "region_name": environ.get("AIP_S3_REGION") or None,
-            "location": environ.get("AIP_S3_PREFIX", "").strip("/"),
+            "location": environ.get(prefix_variable, "").strip("/"),
             "access_key": access_key,
             "secret_key": secret_key,
             "security_token": environ.get("AWS_SESSION_TOKEN") or None,
@@ -175,6 +180,10 @@ def _positive_int(environ, name: str, default: str, *, minimum: int) -> int:
 
 if os.environ.get("AIP_S3_BUCKET"):
     STORAGES["aips"] = aip_s3_storage(os.environ)
+if os.environ.get("BITSTREAM_S3_BUCKET"):
+    STORAGES["bitstreams"] = aip_s3_storage(
+        os.environ, bucket_variable="BITSTREAM_S3_BUCKET", prefix_variable="BITSTREAM_S3_PREFIX"
+    )
 
 # Jobs go to Redis when REDIS_URL is set; without it they run in the calling process.
 REDIS_URL = os.environ.get("REDIS_URL", "")

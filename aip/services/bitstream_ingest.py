@@ -57,6 +57,15 @@ class _HashingReader:
         self.size += len(chunk)
         return chunk
 
+    # Storages ask these before reading: S3Storage, for one, rewinds a seekable file first,
+    # which would hash the start of the file twice.
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    def seekable(self) -> bool:
+        return False
+
 
 def storage_name_new() -> str:
     """Return a new storage name ``ab/cd/<random id>``, spread over folders as DSpace's assetstore does.

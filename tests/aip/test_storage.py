@@ -32,7 +32,16 @@ from aip.storage import (
     storage_md5,
 )
 from config.settings import aip_s3_storage
-from tests.aip.conftest import ADMIN_EMAIL, database_snapshot, export_site, package_bytes, repository_wipe
+from repository.demo import demo_repository_build
+from repository.models import Bitstream
+from tests.aip.conftest import (
+    ADMIN_EMAIL,
+    database_snapshot,
+    export_site,
+    package_bytes,
+    packager,
+    repository_wipe,
+)
 from tests.aip.s3server import S3Server
 
 SITE_HANDLE = "123456789/0"
@@ -561,3 +570,37 @@ def test_s3_recursive_verify_job_finds_missing_child(demo, s3_storage, settings)
     assert job.state == Job.State.FAILED
     assert f"child package {child.rsplit('/', 1)[1]}" in job.log
     assert "is missing from" in job.log
+
+
+@pytest.fixture
+def s3_bitstreams(s3_server, monkeypatch):
+    """Bitstream files in a bucket of their own, for one test: the handler's entry and the file field's storage."""
+    bucket = f"bitstreams-{uuid.uuid4().hex[:12]}"
+    environment = {**s3_environment(s3_server.endpoint_url, "unused"), "BITSTREAM_S3_BUCKET": bucket}
+    entry = aip_s3_storage(environment, bucket_variable="BITSTREAM_S3_BUCKET", prefix_variable="BITSTREAM_S3_PREFIX")
+    storage = storages.create_storage(entry)
+    storage.connection.meta.client.create_bucket(Bucket=bucket)
+    monkeypatch.setitem(storages._storages, "bitstreams", storage)
+    monkeypatch.setattr(Bitstream._meta.get_field("file"), "storage", storage)
+    return storage
+
+
+def test_s3_bitstreams_export_and_restore(admin, s3_bitstreams, tmp_path):
+    """With bitstream files in S3, a site exports, restores into an empty database and exports identically."""
+    demo_repository_build(seed=11)
+    first = tmp_path / "first"
+    first.mkdir()
+    export_site(first)
+    before = database_snapshot()
+    stored_before = sum(1 for _ in s3_bitstreams.bucket.objects.all())
+
+    repository_wipe()
+    s3_bitstreams.bucket.objects.all().delete()
+    packager("-r", "-a", "-f", "-u", "-i", SITE_HANDLE, str(first / SITE_PACKAGE))
+
+    assert database_snapshot() == before
+    assert sum(1 for _ in s3_bitstreams.bucket.objects.all()) == stored_before > 0
+    second = tmp_path / "second"
+    second.mkdir()
+    export_site(second)
+    assert package_bytes(second) == package_bytes(first)
