@@ -112,6 +112,9 @@ class ExportOptions:
     unauthorized: str | None = None  # None (fail), "skip" or "zero"
     # Only items modified strictly after this moment are exported; containers always are.
     updated_after: datetime | None = None
+    # Only items whose package changed here strictly after this moment (Item.changed_at) are
+    # exported; incremental backups set it, and no -o option does.
+    changed_after: datetime | None = None
     # Bundle names to leave out, or (with ``only_bundles``) the only ones to keep.
     bundle_names: frozenset[str] = frozenset()
     only_bundles: bool = False

@@ -51,8 +51,8 @@ CHUNK_SIZE = 1024 * 1024
 # Attempts of one storage operation, and the wait in seconds before the first retry (doubled for each next one).
 RETRY_ATTEMPTS = 4
 RETRY_DELAY = 0.5
-# STORAGES entries that never contain AIPs.
-NON_AIP_ALIASES = ("staticfiles", "bitstreams")
+# STORAGES entries that never contain AIPs: Django's media storage, static files and bitstream files.
+NON_AIP_ALIASES = ("default", "staticfiles", "bitstreams")
 # Files that ``staged_read(with_folder=True)`` brings beside the package: the packages of its folder.
 PACKAGE_SUFFIXES = (".zip", ".xml")
 # Folder inside a file system storage where ``staged_write`` stages files, so that publishing is a

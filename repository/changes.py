@@ -12,10 +12,11 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.utils import timezone
 
-from repository.models import Bitstream, Bundle, Collection, Item, MetadataValue, ResourcePolicy
+from repository.models import Bitstream, Bundle, Collection, Group, Item, MetadataValue, ResourcePolicy
 
 _suspended: contextvars.ContextVar[bool] = contextvars.ContextVar("item_change_tracking_suspended", default=False)
 
@@ -32,12 +33,17 @@ def change_tracking_suspended() -> Iterator[None]:
 
 def _touch(**item_filter) -> None:
     if not _suspended.get():
-        Item.objects.filter(**item_filter).update(last_modified=timezone.now())
+        now = timezone.now()
+        Item.objects.filter(**item_filter).update(last_modified=now, changed_at=now)
 
 
 def _item_saved(sender, instance: Item, **kwargs) -> None:
-    if not _suspended.get() and not kwargs.get("raw"):
-        instance.last_modified = timezone.now()
+    if kwargs.get("raw"):
+        return
+    # Ingest saves every item it creates or replaces, so this also marks restored items as changed.
+    instance.changed_at = timezone.now()
+    if not _suspended.get():
+        instance.last_modified = instance.changed_at
 
 
 def _metadata_changed(sender, instance: MetadataValue, **kwargs) -> None:
@@ -77,6 +83,25 @@ def _mapping_changed(sender, instance, action: str, reverse: bool, pk_set, **kwa
         _touch(pk__in=pk_set or [])
 
 
+def _group_renamed(sender, instance: Group, **kwargs) -> None:
+    """Mark changed the items whose policies name a renamed group, because their packages carry its name.
+
+    Their DSpace last-modified time stays, as DSpace's would.
+    """
+    if instance.pk is None or kwargs.get("raw"):
+        return
+    previous = Group.objects.filter(pk=instance.pk).values_list("name", flat=True).first()
+    if previous is None or previous == instance.name:
+        return
+    named = (
+        Q(policies__group=instance)
+        | Q(bundles__policies__group=instance)
+        | Q(bundles__bitstreams__policies__group=instance)
+    )
+    item_ids = Item.objects.filter(named).values("pk")
+    Item.objects.filter(pk__in=item_ids).update(changed_at=timezone.now())
+
+
 def _collection_deleted(sender, instance: Collection, **kwargs) -> None:
     # Django deletes the mapping rows of a deleted collection without a signal of their own.
     _touch(mapped_collections=instance)
@@ -85,6 +110,7 @@ def _collection_deleted(sender, instance: Collection, **kwargs) -> None:
 def connect() -> None:
     """Connect the receivers; called once from the app config."""
     pre_save.connect(_item_saved, sender=Item, dispatch_uid="item_last_modified")
+    pre_save.connect(_group_renamed, sender=Group, dispatch_uid="group_renamed_touches_items")
     for model, receiver in (
         (MetadataValue, _metadata_changed),
         (Bundle, _bundle_changed),

@@ -13,6 +13,7 @@ import uuid
 from django.core.files.storage import storages
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class ObjectType(models.TextChoices):
@@ -141,6 +142,9 @@ class Item(DSpaceObject):
     discoverable = models.BooleanField(default=True)
     # Set by the services, not on every save: a restore brings back the AIP's value.
     last_modified = models.DateTimeField(db_index=True)
+    # Unlike last_modified, which a restore takes from the package, this is when the item's
+    # package last changed in this installation, ingest included; incremental backups compare it.
+    changed_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     submitter = models.ForeignKey(
         "EPerson", null=True, blank=True, on_delete=models.SET_NULL, related_name="submitted_items"
     )

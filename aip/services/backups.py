@@ -143,8 +143,11 @@ def _backup_create(job: Job, schedule: BackupSchedule, storage: Storage, folder:
 def _backup_write(backup: Backup, job: Job, storage: Storage, top_name: str, recorder: _Recorder) -> _Contents:
     """Export (and for an incremental backup, copy) the tree into the backup's folder, then write its index."""
     based_on, based_index = _based_on(backup) if backup.schedule.incremental else (None, {})
-    raw = {"updatedAfter": based_on.snapshot_at.isoformat()} if based_on else {}
-    options = export_options(raw, recursive=job.recursive)
+    # Item.changed_at, not DSpace's last-modified time: a restore or replace brings back an older
+    # last-modified time, but the item's package changed all the same.
+    options = export_options({}, recursive=job.recursive)
+    if based_on:
+        options = dataclasses.replace(options, changed_after=based_on.snapshot_at)
     obj = selectors.object_by_handle_or_error(job.handle)
 
     with staged_write(storage, backup.folder) as local:
@@ -215,7 +218,7 @@ def _items_export(names: list[str], local: Path, options: ExportOptions, recorde
     if not names:
         return
     remaining = set(names)
-    single = dataclasses.replace(options, recursive=False, updated_after=None)
+    single = dataclasses.replace(options, recursive=False, updated_after=None, changed_after=None)
     for item in Item.objects.filter(handle__isnull=False).select_related("handle").iterator():
         name = selectors.package_file_name(item, options.extension)
         if name in remaining:

@@ -71,7 +71,11 @@ def _open_bitstream(bitstream: Bitstream):
 
 
 def _unchanged(obj, options: ExportOptions) -> bool:
-    return isinstance(obj, Item) and options.updated_after is not None and obj.last_modified <= options.updated_after
+    if not isinstance(obj, Item):
+        return False
+    if options.updated_after is not None and obj.last_modified <= options.updated_after:
+        return True
+    return options.changed_after is not None and obj.changed_at <= options.changed_after
 
 
 def package_write(*, obj, path: Path, options: ExportOptions) -> Path:

@@ -406,6 +406,11 @@ class _Recorder:
             self.cancelled.set()
 
     def finish(self, *, state: str, error: str = "", result_path: str = "") -> None:
+        if state == Job.State.SUCCEEDED:
+            # The total of an ingest or verify is an estimate (every package of the folder); a finished
+            # run knows the real one.
+            with self.lock:
+                self.objects_total = self.objects_done
         if error:
             self.lines([f"{'CANCELLED' if state == Job.State.CANCELLED else 'FAILED'}: {error}"])
         self.flush(state=state, error=error, result_path=result_path, finished_at=timezone.now())

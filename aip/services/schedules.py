@@ -70,10 +70,11 @@ def cron_next(expression: str, after: datetime) -> datetime:
 
 
 def folder_validate(folder: str) -> str:
-    """Return ``folder`` without leading or trailing slashes; reject absolute, empty or ".." names."""
-    normalized = str(folder).strip().strip("/")
+    """Return ``folder`` without trailing slashes; reject absolute, empty or ".." names."""
+    text = str(folder).strip()
+    normalized = text.rstrip("/")
     parts = normalized.split("/")
-    if not normalized or any(part in ("", ".", "..") for part in parts) or "\\" in normalized:
+    if text.startswith("/") or not normalized or any(part in ("", ".", "..") for part in parts) or "\\" in normalized:
         raise AipError(
             f"Folder {folder!r} is invalid: give a relative name inside the storage, with parts separated by "
             '"/" and no empty, "." or ".." parts, for example "backups/site".'

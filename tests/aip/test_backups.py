@@ -22,7 +22,7 @@ from aip.errors import AipError
 from aip.models import Backup, BackupSchedule, Job
 from aip.services.backups import INDEX_NAME
 from aip.services.schedules import backup_start, schedule_save
-from repository.models import Bitstream, Item, MetadataValue
+from repository.models import Bitstream, Group, Item, MetadataValue, ResourcePolicy
 from tests.aip.conftest import (
     ADMIN_EMAIL,
     export_site,
@@ -306,3 +306,38 @@ def test_backup_start_rejects_taken_folder(demo, aips):
         backup_run(schedule, 0)
 
     assert Job.objects.count() == 1
+
+
+def test_incremental_after_replace_writes_item(demo, aips):
+    """A replace brings back an older last-modified time, yet the next backup writes the item again."""
+    schedule = schedule_make()
+    _, first = backup_run(schedule, 0)
+    item = Item.objects.filter(handle__isnull=False, in_archive=True).order_by("handle__suffix_number").first()
+    name = f"ITEM@{item.handle_string.replace('/', '-')}.zip"
+    item_title_change(item, "A title that the replace takes away")
+    backup_run(schedule, 1)
+
+    packager("-r", "-f", "-u", "-i", item.handle_string, str(aips / first.folder / name))
+    job, third = backup_run(schedule, 2)
+
+    item.refresh_from_db()
+    assert item.last_modified < third.snapshot_at - timedelta(seconds=1)
+    assert name in written_names(job)
+    assert b"A title that the replace takes away" not in (aips / third.folder / name).read_bytes()
+
+
+def test_incremental_after_group_rename_writes_items(demo, aips):
+    schedule = schedule_make()
+    _, first = backup_run(schedule, 0)
+    policy = ResourcePolicy.objects.filter(item__isnull=False, group__isnull=False).exclude(
+        group__name__in=[Group.ANONYMOUS, Group.ADMINISTRATOR]
+    ).select_related("group", "item").first()
+    assert policy is not None, "the demo repository has an item policy naming a group of its own"
+    name = f"ITEM@{policy.item.handle_string.replace('/', '-')}.zip"
+    policy.group.name = f"{policy.group.name} renamed"
+    policy.group.save()
+
+    job, second = backup_run(schedule, 1)
+
+    assert name in written_names(job)
+    assert index_of(aips, second)["packages"][name]["md5"] != index_of(aips, first)["packages"][name]["md5"]

@@ -199,3 +199,19 @@ def _from_other_connection(work) -> None:
     thread.join()
     if errors:
         raise errors[0]
+
+
+def test_finished_restore_total_is_packages_read(demo, tmp_path):
+    """A subtree restored from a folder of the whole site ends at 100 %, not at its share of the folder."""
+    export_site(tmp_path)
+    collection = max(Collection.objects.all(), key=selectors.tree_size)
+    job = job_create(
+        kind=Job.Kind.REPLACE, eperson_email=ADMIN_EMAIL, handle=collection.handle_string,
+        path=tmp_path / selectors.package_file_name(collection), recursive=True,
+    )
+
+    job = job_run(job.pk)
+
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.objects_total == job.objects_done == selectors.tree_size(collection)
+    assert job.objects_done < len(list(tmp_path.glob("*.zip")))

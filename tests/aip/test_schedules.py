@@ -29,6 +29,7 @@ from aip.services.schedules import (
     TICK_JOB_ID,
     cron_next,
     cron_validate,
+    folder_validate,
     schedule_save,
     schedules_tick,
 )
@@ -456,3 +457,13 @@ def test_admin_backup_list_read_only(admin_client, aips):
     assert add.status_code == 403
     assert change.status_code == 403
     assert backup.state == Backup.State.VERIFIED
+
+
+@pytest.mark.parametrize("folder", ["/etc", "../x", "a//b", "a/./b", "", "a\\b"])
+def test_folder_validate_rejects(folder):
+    with pytest.raises(AipError, match="give a relative name inside the storage"):
+        folder_validate(folder)
+
+
+def test_folder_validate_keeps_relative_name():
+    assert folder_validate(" backups/site/ ") == "backups/site"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import CommandError
 from django.core.files.storage import storages
 
 from aip import storage as aip_storage_module
@@ -604,3 +605,32 @@ def test_s3_bitstreams_export_and_restore(admin, s3_bitstreams, tmp_path):
     second.mkdir()
     export_site(second)
     assert package_bytes(second) == package_bytes(first)
+
+
+def test_packager_storage_export_and_restore(demo, any_storage, bitstream_storage, settings, tmp_path):
+    """``packager --storage`` reads and writes names in the AIP storage, S3 included, as recorded jobs."""
+    settings.REDIS_URL = ""
+    local_export = tmp_path / "local"
+    local_export.mkdir()
+    export_site(local_export)
+    before = database_snapshot()
+    name = f"cli/{SITE_PACKAGE}"
+
+    packager("--storage", "aips", "-d", "-a", "-i", SITE_HANDLE, name)
+    repository_wipe()
+    shutil.rmtree(bitstream_storage)
+    bitstream_storage.mkdir()
+    packager("--storage", "aips", "-r", "-a", "-f", "-u", "-i", SITE_HANDLE, name)
+
+    assert storage_files(any_storage, "cli") == [f"cli/{package}" for package in sorted(package_bytes(local_export))]
+    assert database_snapshot() == before
+    assert list(Job.objects.order_by("pk").values_list("kind", "state", "storage")) == [
+        (Job.Kind.EXPORT, Job.State.SUCCEEDED, "aips"),
+        (Job.Kind.REPLACE, Job.State.SUCCEEDED, "aips"),
+    ]
+
+
+def test_packager_storage_missing_name(admin, filesystem_storage, settings):
+    settings.REDIS_URL = ""
+    with pytest.raises(CommandError, match="cli/none.zip"):
+        packager("--storage", "aips", "-r", "-a", "-f", "-u", "-i", SITE_HANDLE, "cli/none.zip")

@@ -13,7 +13,7 @@ from aip.options import export_options, ingest_options, parse_option_pairs
 from aip.progress import TerminalProgress
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
-from aip.services.jobs import job_create, job_enqueue
+from aip.services.jobs import job_create, job_enqueue, job_run
 from aip.services.verify import tree_verify, verify_validate_option
 from repository.models import EPerson
 from repository.permissions import is_administrator
@@ -62,6 +62,11 @@ class Command(BaseCommand):
             help="Check the arguments, queue the run as a job on the RQ queue 'default', print the job id and exit. "
             "Without REDIS_URL, the job runs at once in this process.",
         )
+        parser.add_argument(
+            "--storage", metavar="ALIAS", default="",
+            help="FILE is a name in this STORAGES entry (such as 'aips', which may be S3), not a local path. "
+            "The run is recorded as a job; without --background it runs in this process.",
+        )
 
     def handle(self, *args, **options) -> None:
         self.verbosity = options["verbosity"]
@@ -100,7 +105,7 @@ class Command(BaseCommand):
         export = export_options(parse_option_pairs(options["option"]), recursive=options["all"])
         obj = selectors.object_by_handle_or_error(options["identifier"])
         path = Path(options["file"]).resolve()
-        if options["background"]:
+        if options["background"] or options["storage"]:
             return self._enqueue(Job.Kind.EXPORT, options)
         progress = self._progress("exported")
         progress.total(selectors.tree_size(obj) if export.recursive else 1)
@@ -120,7 +125,7 @@ class Command(BaseCommand):
             raise CommandError("--verify cannot be combined with -d, -s, -r, -k or -f.")
         validate = verify_validate_option(parse_option_pairs(options["option"]))
         path = Path(options["file"]).resolve()
-        if options["background"]:
+        if options["background"] or options["storage"]:
             return self._enqueue(Job.Kind.VERIFY, options)
         progress = self._progress("verified")
         try:
@@ -159,7 +164,7 @@ class Command(BaseCommand):
         if options["force_replace"]:
             self._confirm_replace(options)
         parent = options["parent"][0] if options["parent"] else None
-        if options["background"]:
+        if options["background"] or options["storage"]:
             kind = Job.Kind.SUBMIT
             if options["restore"]:
                 kind = Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
@@ -179,27 +184,35 @@ class Command(BaseCommand):
         self._print_report(report)
 
     def _enqueue(self, kind: str, options: dict) -> None:
-        job = job_enqueue(job_create(
+        storage = options["storage"]
+        job = job_create(
             kind=kind,
             eperson_email=options["eperson"],
-            path=Path(options["file"]).resolve(),
+            path=options["file"] if storage else Path(options["file"]).resolve(),
+            storage=storage,
             handle=options["identifier"] or "",
             parent_handle=options["parent"][0] if options["parent"] else "",
             options=parse_option_pairs(options["option"]),
             recursive=options["all"],
             keep_existing=options["keep_existing"],
             use_workflow=not options["no_workflow"],
-        ))
+        )
+        if storage and not options["background"]:
+            return self._job_report(job_run(job.pk), why=f"its package is in storage {storage!r}")
+        job = job_enqueue(job)
         if job.state == Job.State.QUEUED:
             self.stdout.write(
                 f"Queued job {job.pk} (RQ job {job.rq_job_id}). Follow it in the admin at /admin/aip/job/{job.pk}/change/; "
                 "a worker started with 'python manage.py rqworker default' runs it."
             )
             return
+        self._job_report(job, why="REDIS_URL is not set")
+
+    def _job_report(self, job: Job, *, why: str) -> None:
         if job.started_at is not None:
-            self.stdout.write(f"Job {job.pk} ran in this process because REDIS_URL is not set: {job.state}.")
+            self.stdout.write(f"Job {job.pk} ran in this process because {why}: {job.state}.")
             self.stdout.write(job.log.rstrip("\n"))
-        if job.state == Job.State.FAILED:
+        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
             raise CommandError(job.error)
 
     def _confirm_replace(self, options: dict) -> None:
