@@ -28,6 +28,7 @@ from aip.admin_views import (
     eperson_email,
     export_page,
     job_logged,
+    job_outcome_report,
     job_progress,
     log_tail,
     may_run,
@@ -35,13 +36,16 @@ from aip.admin_views import (
     progress_text,
     replace_summary,
     replace_target,
+    replace_upload_discard,
+    replace_upload_token,
+    restore_parent_check,
     stored_manifest,
     stored_packages,
     upload_store,
 )
 from aip.errors import AipError
 from aip.forms import AIP_STORAGE, RestoreForm, VerifyForm
-from aip.models import Job
+from aip.models import Job, JobEvent
 from aip.services.jobs import job_cancel, job_create, job_enqueue, job_retry
 from aip.storage import aip_storage, storage_delete_folder, storage_files
 
@@ -56,6 +60,39 @@ RESTORE_KINDS = {
 }
 # Most result files the page of an export job lists for download.
 RESULT_FILES_SHOWN = 500
+
+
+# Most audit events the page of one job lists; the JobEvent list, filtered by the job, shows them all.
+EVENTS_SHOWN = 500
+
+
+class _FirstEventsFormSet(admin.options.BaseInlineFormSet):
+    def get_queryset(self):
+        return super().get_queryset()[:EVENTS_SHOWN]
+
+
+class JobEventInline(admin.TabularInline):
+    """The audit trail of one job, read-only, under its log."""
+
+    model = JobEvent
+    formset = _FirstEventsFormSet
+    fields = ("at", "action", "object_type", "handle", "uuid", "package", "detail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = f"Audit trail (first {EVENTS_SHOWN} events)"
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("aip.view_job")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Job)
@@ -74,8 +111,9 @@ class JobAdmin(admin.ModelAdmin):
                                   "use_workflow")}),
         ("Progress", {"fields": ("progress", "created_at", "started_at", "finished_at", "heartbeat_at",
                                  "worker_name", "rq_job_id")}),
-        ("Log", {"fields": ("log_text",)}),
+        ("Log", {"fields": ("log_text", "events_link")}),
     )
+    inlines = (JobEventInline,)
     actions = ("retry_jobs", "cancel_jobs")
     change_list_template = "admin/aip/job/jobs_change_list.html"
     change_form_template = "admin/aip/job/jobs_change_form.html"
@@ -184,7 +222,7 @@ class JobAdmin(admin.ModelAdmin):
             self.message_user(request, str(error), messages.ERROR)
             return None
         job_logged(self, request, job, f"Queued verify of {package}", added=True)
-        self.message_user(request, f"Verify job {job.pk} queued for {PurePosixPath(package).name}.", messages.SUCCESS)
+        job_outcome_report(self, request, job, subject=PurePosixPath(package).name)
         return job
 
     def backup_view(self, request):
@@ -205,6 +243,8 @@ class JobAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if request.method == "POST" and request.POST.get("mode") in RESTORE_KINDS and request.POST["mode"] not in modes:
             raise PermissionDenied
+        if request.method == "POST" and request.POST.get("back"):
+            return self._replace_back(request)
         storage, names = self._storage_and_packages(request)
         if request.method == "POST":
             form = RestoreForm(request.POST, request.FILES, package_names=names, modes=modes)
@@ -234,22 +274,22 @@ class JobAdmin(admin.ModelAdmin):
             return None
         try:
             manifest = stored_manifest(storage, name)
-            _parent_check(form, manifest, name)
+            restore_parent_check(form, manifest, name)
         except AipError as error:
             if upload:
                 _upload_remove(storage, name)
             form.add_error("upload" if upload else "stored", _package_error(upload.name if upload else name, error))
             return None
         if form.cleaned_data["mode"] == RestoreForm.MODE_REPLACE and request.POST.get("confirm") != "yes":
-            return self._replace_confirm(request, form, name, manifest)
+            return self._replace_confirm(request, form, name, manifest, uploaded=bool(upload))
         return self._restore_queue(request, form, name, email)
 
-    def _replace_confirm(self, request, form: RestoreForm, name: str, manifest):
+    def _replace_confirm(self, request, form: RestoreForm, name: str, manifest, *, uploaded: bool):
         target = replace_target(manifest)
         hidden = [
             (key, value)
             for key, values in form.data.lists()
-            if key not in ("csrfmiddlewaretoken", "stored", "upload", "confirm")
+            if key not in ("csrfmiddlewaretoken", "stored", "upload", "confirm", "back", "upload_token")
             for value in values
         ]
         context = {
@@ -261,8 +301,25 @@ class JobAdmin(admin.ModelAdmin):
             "summary": replace_summary(target) if target is not None else None,
             "recursive": form.cleaned_data["recursive"],
             "hidden": [*hidden, ("stored", name), ("confirm", "yes")],
+            "upload_token": replace_upload_token(name) if uploaded else "",
         }
         return TemplateResponse(request, "admin/aip/job/replace_confirm.html", context)
+
+    def _replace_back(self, request):
+        """Leave a replace confirmation: delete the package uploaded for it, then show an empty restore page."""
+        try:
+            name = replace_upload_discard(aip_storage(AIP_STORAGE), request.POST.get("upload_token", ""))
+        except AipError as error:
+            logger.error("deleting the upload of a replace confirmation for user %s failed: %s",
+                         request.user.get_username(), error)
+            self.message_user(request, f"Nothing was replaced, but the uploaded package remains: {error}",
+                              messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:aip_job_restore"))
+        if name:
+            logger.info("user %s went back from a replace; deleted the upload %s", request.user.get_username(), name)
+            self.message_user(request, f"Nothing was replaced; the uploaded package {name} was deleted.",
+                              messages.INFO)
+        return HttpResponseRedirect(reverse("admin:aip_job_restore"))
 
     def _restore_queue(self, request, form: RestoreForm, name: str, email: str):
         data = form.cleaned_data
@@ -287,7 +344,7 @@ class JobAdmin(admin.ModelAdmin):
             form.add_error(None, str(error))
             return None
         job_logged(self, request, job, f"Queued {job.get_kind_display().lower()} of {name}", added=True)
-        self.message_user(request, f"{job.get_kind_display()} job {job.pk} queued for {name}.", messages.SUCCESS)
+        job_outcome_report(self, request, job, subject=name)
         return HttpResponseRedirect(reverse("admin:aip_job_change", args=[job.pk]))
 
     def _restore_modes(self, request) -> list[str]:
@@ -387,7 +444,7 @@ class JobAdmin(admin.ModelAdmin):
             self.message_user(request, str(error), messages.ERROR)
             return None
         job_logged(self, request, retry, f"Queued as a retry of job {job.pk}", added=True)
-        self.message_user(request, f"Job {retry.pk} retries job {job.pk}.", messages.SUCCESS)
+        job_outcome_report(self, request, retry)
         return retry
 
     def _cancel(self, request, job: Job) -> None:
@@ -448,29 +505,18 @@ class JobAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="log")
+    def events_link(self, job: Job) -> str:
+        count = job.events.count()
+        url = reverse("admin:aip_jobevent_changelist") + f"?job__id__exact={job.pk}"
+        return format_html('<a href="{}">{} event(s)</a>', url, count)
+
+    events_link.short_description = "audit trail"
+
     def log_text(self, job: Job) -> str:
         return format_html(
             '<pre class="aip-log" data-url="{}" style="white-space: pre-wrap">{}</pre>',
             reverse("admin:aip_job_progress", args=[job.pk]),
             job.log or "(empty)",
-        )
-
-
-def _parent_check(form: RestoreForm, manifest, name: str) -> None:
-    """Raise ``AipError`` when the top package's parent cannot be found, as the ingest would."""
-    if manifest.object_type == "SITE":
-        return
-    options = form.ingest_options()
-    explicit = form.cleaned_data["parent_handle"]
-    handle = manifest.parent_handle
-    if explicit and (options.ignore_parent or not handle):
-        handle = explicit
-    if not handle:
-        raise AipError(f"Package {name} names no parent; give a parent handle.")
-    if selectors.object_by_handle(handle) is None and not options.skip_if_parent_missing:
-        raise AipError(
-            f"Its parent {handle!r} is not in this repository. Restore the parent first, give another parent "
-            "handle with ignoreParent set to Yes, or tick skipIfParentMissing."
         )
 
 
@@ -499,6 +545,40 @@ def _saved_upload(upload) -> str:
         for chunk in upload.chunks():
             target.write(chunk)
     return target.name
+
+
+@admin.register(JobEvent)
+class JobEventAdmin(admin.ModelAdmin):
+    """Every job's audit trail in one list: who did what to which object, when, and how it ended."""
+
+    list_display = ("at", "job_link", "action", "actor", "object_type", "handle", "uuid", "package", "detail")
+    list_filter = ("action", "object_type", "job__kind")
+    search_fields = ("handle", "uuid", "package", "actor", "detail")
+    list_select_related = ("job",)
+    date_hierarchy = "at"
+    fields = ("job_link", "at", "action", "actor", "object_type", "handle", "uuid", "package", "detail")
+    readonly_fields = fields
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("aip.view_job")
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.has_perm("aip.view_job")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, event: JobEvent) -> str:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:aip_job_change", args=[event.job_id]), event.job_id
+        )
 
 
 from aip import admin_backups  # noqa: E402,F401  (registers the backup admin)

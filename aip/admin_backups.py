@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from aip.errors import AipError
-from aip.models import Backup, BackupSchedule
+from aip.models import Backup, BackupSchedule, FixityProblem, FixityRun
 from aip.services.schedules import (
     backup_start,
     cron_validate,
@@ -206,3 +206,81 @@ class BackupAdmin(admin.ModelAdmin):
 
 def _backup_link(backup: Backup) -> str:
     return format_html('<a href="{}">{}</a>', reverse("admin:aip_backup_change", args=[backup.pk]), backup.folder)
+
+
+class FixityProblemInline(admin.TabularInline):
+    model = FixityProblem
+    fields = ("source", "kind", "location", "expected", "actual", "detail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("aip.view_backup")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(FixityRun)
+class FixityRunAdmin(admin.ModelAdmin):
+    """Fixity runs (``manage.py aip_fixity``), each with the files that changed, went missing or were unreadable."""
+
+    list_display = ("id", "started_at", "finished_at", "share", "first_slot", "state", "files_checked",
+                    "size_checked", "problem_count")
+    list_filter = ("state", "share")
+    date_hierarchy = "started_at"
+    fields = ("state", "share", "slots", "first_slot", "slot_count", "started_at", "finished_at", "files_checked",
+              "size_checked", "problem_count", "error")
+    readonly_fields = fields
+    inlines = (FixityProblemInline,)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("aip.view_backup")
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.has_perm("aip.view_backup")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="size checked", ordering="bytes_checked")
+    def size_checked(self, run: FixityRun) -> str:
+        return filesizeformat(run.bytes_checked)
+
+
+@admin.register(FixityProblem)
+class FixityProblemAdmin(admin.ModelAdmin):
+    list_display = ("run", "source", "kind", "location", "expected", "actual", "detail")
+    list_filter = ("kind", "source")
+    search_fields = ("location", "detail")
+    list_select_related = ("run",)
+    fields = ("run", "source", "kind", "location", "expected", "actual", "detail")
+    readonly_fields = fields
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("aip.view_backup")
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.has_perm("aip.view_backup")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

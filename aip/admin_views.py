@@ -6,20 +6,22 @@ and call these helpers; the jobs themselves run ``aip.services.jobs``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 from pathlib import PurePosixPath
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core import signing
 from django.db.models import Count, Q, Sum
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import get_valid_filename
 
 from aip import selectors
 from aip.errors import AipError
@@ -29,7 +31,8 @@ from aip.mets.reader import read_manifest
 from aip.models import Job
 from aip.package import package_open
 from aip.services.jobs import job_create, job_enqueue
-from aip.storage import staged_read, staged_write, storage_files
+from aip.services.ingest import PARENT_TYPES
+from aip.storage import staged_read, staged_write, storage_delete_folder, storage_files
 from repository.models import Bitstream, Collection, Community, Item, Site
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,14 @@ FOLDER_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 PROGRESS_IDS_MAX = 200
 # Most characters of a job's log the progress endpoint returns: the end of the log.
 LOG_TAIL_CHARACTERS = 256 * 1024
+# Characters that an uploaded file name loses: all but those of DSpace's package names (ITEM@123456789-13.zip).
+UPLOAD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]")
+# Folder of the "aips" storage that uploads go into; only files there are deleted on "No, go back".
+UPLOADS_FOLDER = "uploads"
+# Signing salt of the token that lets "No, go back" delete the upload of its replace confirmation.
+REPLACE_UPLOAD_SALT = "aip.replace-confirm-upload"
+# Seconds after which that token no longer deletes anything.
+REPLACE_UPLOAD_MAX_AGE = 24 * 3600
 
 
 def may_run(user, kind: str) -> bool:
@@ -69,6 +80,32 @@ def eperson_email(request) -> str:
 
 def folder_stamp(now: datetime | None = None) -> str:
     return (now or timezone.now()).astimezone(dt_timezone.utc).strftime(FOLDER_TIME_FORMAT)
+
+
+def job_outcome_message(job: Job, *, subject: str = "") -> tuple[str, int]:
+    """Return the message, and its level, that tells the user what happened to the job just enqueued.
+
+    Without REDIS_URL ``job_enqueue`` has already run the job in this request, so the message gives
+    its outcome; with it the job is only queued. ``subject`` names the package or object, when useful.
+    """
+    label = f"{job.get_kind_display()} job {job.pk}"
+    if job.retry_of_id:
+        label += f" (retry of job {job.retry_of_id})"
+    about = f" for {subject}" if subject else ""
+    if settings.REDIS_URL:
+        return f"{label} queued{about}.", messages.SUCCESS
+    ran = f"{label}{about} ran in this request (REDIS_URL is not set) and"
+    if job.state == Job.State.SUCCEEDED:
+        result = f": {job.result_path}" if job.result_path else "."
+        return f"{ran} succeeded{result}", messages.SUCCESS
+    if job.state == Job.State.FAILED:
+        return f"{ran} failed: {job.error}", messages.ERROR
+    return f"{ran} ended {job.get_state_display().lower()}.", messages.WARNING
+
+
+def job_outcome_report(modeladmin, request, job: Job, *, subject: str = "") -> None:
+    text, level = job_outcome_message(job, subject=subject)
+    modeladmin.message_user(request, text, level)
 
 
 def job_logged(modeladmin, request, job: Job, message: str, *, added: bool) -> None:
@@ -132,18 +169,56 @@ def stored_packages(storage) -> list[str]:
     return [name for name in storage_files(storage, "") if name.lower().endswith(".zip")]
 
 
+def upload_file_name(name: str) -> str:
+    """Return the name under which an uploaded file is stored: its own name when that is safe.
+
+    DSpace's package names (letters, digits, ".", "-", "_" and "@") are kept as they are. Any other
+    character becomes "_", and the result never contains "/", "\\" or "..", nor starts with ".".
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = UPLOAD_NAME_UNSAFE.sub("_", base)
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).lstrip(".")
+    return cleaned or "package.zip"
+
+
 def upload_store(storage, upload) -> str:
     """Store an uploaded package under ``uploads/<time>-<random>/`` in ``storage``; return its name.
 
     The upload is copied in chunks, and the file appears in the storage only complete.
     """
-    name = get_valid_filename(PurePosixPath(upload.name).name) or "package.zip"
-    folder = f"uploads/{folder_stamp()}-{secrets.token_hex(3)}"
+    name = upload_file_name(upload.name)
+    folder = f"{UPLOADS_FOLDER}/{folder_stamp()}-{secrets.token_hex(3)}"
     with staged_write(storage, folder) as local:
         with open(local / name, "wb") as target:
             for chunk in upload.chunks():
                 target.write(chunk)
     return f"{folder}/{name}"
+
+
+def replace_upload_token(name: str) -> str:
+    """Return a signed token that lets "No, go back" delete ``name``, the upload of a replace confirmation."""
+    return signing.dumps(name, salt=REPLACE_UPLOAD_SALT)
+
+
+def replace_upload_discard(storage, token: str) -> str:
+    """Delete the upload that ``token`` names, with its folder; return its name, or "" when there is none.
+
+    Only a token made by ``replace_upload_token`` deletes anything, so a package picked from the
+    storage is never deleted. An invalid or expired token is logged and deletes nothing.
+    """
+    if not token:
+        return ""
+    try:
+        name = signing.loads(token, salt=REPLACE_UPLOAD_SALT, max_age=REPLACE_UPLOAD_MAX_AGE)
+    except signing.BadSignature as error:
+        logger.warning("go back from a replace confirmation: ignored an invalid upload token (%s)", error)
+        return ""
+    folder = PurePosixPath(name).parent
+    if folder.parent != PurePosixPath(UPLOADS_FOLDER):
+        logger.warning("go back from a replace confirmation: %s is not an upload; nothing deleted", name)
+        return ""
+    storage_delete_folder(storage, str(folder))
+    return name
 
 
 def stored_manifest(storage, name: str) -> PackageManifest:
@@ -186,7 +261,9 @@ def export_jobs_queue(modeladmin, request, *, objects: list, options: dict[str, 
         scope = " with all children" if recursive else ""
         job_logged(modeladmin, request, job, f"Queued export{scope} of {obj.handle_string} to {name}", added=True)
         jobs.append(job)
-    if jobs:
+        if not settings.REDIS_URL:
+            job_outcome_report(modeladmin, request, job, subject=obj.handle_string or str(obj))
+    if jobs and settings.REDIS_URL:
         modeladmin.message_user(
             request, f"Queued {len(jobs)} export job(s) writing to {folder} in the \"{AIP_STORAGE}\" storage.",
             messages.SUCCESS,
@@ -242,6 +319,38 @@ class ExportActionsMixin:
             recursive=True,
             title="Export AIP with all children",
             action="export_aip_recursive",
+        )
+
+
+# --- restore checks -----------------------------------------------------------------------------
+
+
+def restore_parent_check(form, manifest: PackageManifest, name: str) -> None:
+    """Raise ``AipError`` when the top package's parent is missing or of a wrong type, as the ingest would."""
+    if manifest.object_type == "SITE":
+        return
+    options = form.ingest_options()
+    explicit = form.cleaned_data["parent_handle"]
+    handle = manifest.parent_handle
+    if explicit and (options.ignore_parent or not handle):
+        handle = explicit
+    if not handle:
+        raise AipError(f"Package {name} names no parent; give a parent handle.")
+    parent = selectors.object_by_handle(handle)
+    if parent is None:
+        if options.skip_if_parent_missing:
+            return
+        raise AipError(
+            f"Its parent {handle!r} is not in this repository. Restore the parent first, give another parent "
+            "handle with ignoreParent set to Yes, or tick skipIfParentMissing."
+        )
+    allowed = PARENT_TYPES.get(manifest.object_type, ())
+    if not isinstance(parent, allowed):
+        allowed_names = " or ".join(model.__name__.upper() for model in allowed)
+        raise AipError(
+            f"Its parent {handle!r} is of type {parent.object_type}, but {manifest.object_type} packages can only "
+            f"be placed under {allowed_names}. Give a parent handle of type {allowed_names}, with ignoreParent "
+            "set to Yes."
         )
 
 

@@ -6,9 +6,10 @@ error here and never a failed job.
 """
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from django import forms
+from django.conf import settings
 
 from aip import selectors
 from aip.errors import InvalidOptionError
@@ -175,14 +176,27 @@ class RestoreForm(forms.Form):
         data = super().clean()
         if bool(data.get("upload")) == bool(data.get("stored")):
             raise forms.ValidationError('Upload a package or pick one from the "aips" storage; give exactly one.')
-        if data.get("mode") == self.MODE_SUBMIT and not data.get("parent_handle"):
-            self.add_error("parent_handle", "Submit needs a parent handle: the community or collection to add to.")
+        # An unknown handle already has its own error, so the "needs a parent" errors apply only to an empty field.
+        if "parent_handle" in data and not data["parent_handle"]:
+            self._parent_needed_check(data)
         if "mode" in data:
             try:
                 self.ingest_options()
             except InvalidOptionError as error:
                 raise forms.ValidationError(str(error)) from None
         return data
+
+    def _parent_needed_check(self, data: dict) -> None:
+        if data.get("mode") == self.MODE_SUBMIT:
+            self.add_error("parent_handle", "Submit needs a parent handle: the community or collection to add to.")
+        elif data.get("mode") in (self.MODE_RESTORE, self.MODE_KEEP, self.MODE_REPLACE) and (
+            data.get("ignore_parent") == "true"
+        ):
+            self.add_error(
+                "parent_handle",
+                "ignoreParent=true places the package under the parent handle given here, but none is given. "
+                "Give a parent handle, or set ignoreParent to Default or No to use the package's own parent.",
+            )
 
     def options(self) -> dict[str, str]:
         """Return the options as the packager's ``-o`` takes them, leaving defaults out."""
@@ -220,7 +234,9 @@ class VerifyForm(forms.Form):
     """A package to verify: a file on the server, an uploaded zip, or a package in the AIP storage."""
 
     path = forms.CharField(
-        required=False, label="Package on the server", help_text="Full path of a .zip (or manifest-only .xml) package."
+        required=False,
+        label="Package on the server",
+        help_text="Full path of a .zip (or manifest-only .xml) package inside a folder of AIP_SERVER_ROOTS.",
     )
     upload = forms.FileField(required=False, label="Or upload a package", help_text="A single .zip package.")
     stored = forms.CharField(
@@ -238,6 +254,9 @@ class VerifyForm(forms.Form):
 
     def clean_stored(self) -> str:
         return stored_name_check(self.cleaned_data.get("stored", ""))
+
+    def clean_path(self) -> str:
+        return server_path_check(self.cleaned_data.get("path", ""))
 
     def clean(self):
         data = super().clean()
@@ -261,6 +280,28 @@ def stored_name_check(name: str) -> str:
     if path.suffix.lower() != ".zip":
         raise forms.ValidationError(f"{name!r} is not a .zip package; pick a .zip from the list.")
     return name
+
+
+def server_path_check(path: str) -> str:
+    """Return ``path`` resolved, or raise a form error when it lies outside every folder of AIP_SERVER_ROOTS.
+
+    Symbolic links and ".." are resolved first, so neither leads out of an allowed folder. The job
+    gets the resolved path, which contained no symbolic link when it was checked.
+    """
+    path = path.strip()
+    if not path:
+        return ""
+    if not Path(path).is_absolute():
+        raise forms.ValidationError(f"{path!r} is not a full path; give it from the root, starting with '/'.")
+    resolved = Path(path).resolve()
+    roots = [Path(root).resolve() for root in settings.AIP_SERVER_ROOTS]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "(none)"
+        raise forms.ValidationError(
+            f"{path!r} is outside the folders that server paths may name: {allowed}. Move the package into one "
+            "of them, upload it, or ask an operator to add its folder to AIP_SERVER_ROOTS."
+        )
+    return str(resolved)
 
 
 def handle_check(handle: str) -> str:

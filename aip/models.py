@@ -182,3 +182,103 @@ class Backup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.storage}:{self.folder} ({self.get_state_display()})"
+
+
+class JobEvent(models.Model):
+    """One line of a job's audit trail: the job's start and outcome, and what happened to each object."""
+
+    class Action(models.TextChoices):
+        STARTED = "started", "Started"
+        WAITED = "waited", "Waited for a lock"
+        EXPORTED = "exported", "Exported"
+        KEPT = "kept", "Kept (already exported)"
+        UNCHANGED = "unchanged", "Unchanged (left out)"
+        COPIED = "copied", "Copied"
+        CREATED = "created", "Created"
+        REPLACED = "replaced", "Replaced"
+        SKIPPED = "skipped", "Skipped"
+        VERIFIED = "verified", "Verified"
+        PROBLEM = "problem", "Problem"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(db_index=True)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    actor = models.CharField(max_length=254, blank=True, help_text="EPerson email, and the admin user when there is one.")
+    object_type = models.CharField(max_length=16, blank=True)
+    handle = models.CharField(max_length=256, blank=True)
+    uuid = models.CharField(max_length=64, blank=True, verbose_name="UUID")
+    package = models.CharField(max_length=1024, blank=True, help_text="Package file name.")
+    detail = models.TextField(blank=True, help_text="Reason or outcome in words.")
+
+    class Meta:
+        ordering = ["job", "at", "id"]
+        indexes = [
+            models.Index(fields=["action", "at"], name="aip_jobevent_action_at"),
+            models.Index(fields=["handle"], name="aip_jobevent_handle"),
+        ]
+
+    def __str__(self) -> str:
+        target = self.handle or self.package or self.uuid
+        return f"Job {self.job_id}: {self.get_action_display()} {target}".rstrip()
+
+
+class FixityRun(models.Model):
+    """One fixity check: a share of the stored backup packages and bitstream files, re-read and compared."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Passed"
+        PROBLEMS = "problems", "Problems found"
+        FAILED = "failed", "Failed"
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    share = models.CharField(max_length=32, help_text='Fraction checked per run, as "K/N".')
+    slots = models.PositiveIntegerField(help_text="N: everything is split into this many slots by a hash of its name.")
+    first_slot = models.PositiveIntegerField(help_text="First slot this run checked.")
+    slot_count = models.PositiveIntegerField(help_text="K: how many consecutive slots this run checked.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    files_checked = models.PositiveIntegerField(default=0)
+    bytes_checked = models.PositiveBigIntegerField(default=0)
+    problem_count = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, help_text="Why the run stopped before the end.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Fixity run {self.pk} ({self.share}, {self.get_state_display()})"
+
+    @property
+    def next_slot(self) -> int:
+        return (self.first_slot + self.slot_count) % self.slots
+
+
+class FixityProblem(models.Model):
+    """A stored file whose checksum or size changed, or that went missing or cannot be read."""
+
+    class Kind(models.TextChoices):
+        CHANGED = "changed", "Changed"
+        MISSING = "missing", "Missing"
+        UNREADABLE = "unreadable", "Unreadable"
+
+    class Source(models.TextChoices):
+        BACKUP = "backup", "Backup package"
+        BITSTREAM = "bitstream", "Bitstream file"
+
+    run = models.ForeignKey(FixityRun, on_delete=models.CASCADE, related_name="problems")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    location = models.CharField(max_length=1024, help_text="Storage and name, or the bitstream's UUID and file.")
+    expected = models.CharField(max_length=128, blank=True, help_text="Checksum and size on record.")
+    actual = models.CharField(max_length=128, blank=True, help_text="Checksum and size read now.")
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.location}"

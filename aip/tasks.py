@@ -12,3 +12,10 @@ def backup_schedules_tick() -> list[int]:
     from aip.services.schedules import schedules_tick
 
     return [job.pk for job in schedules_tick()]
+
+
+def fixity_check(share: str = "1/7") -> int:
+    """Check the next share of stored backup packages and bitstream files; return how many problems it found."""
+    from aip.services.fixity import fixity_task
+
+    return fixity_task(share)

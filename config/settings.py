@@ -197,6 +197,14 @@ RQ_QUEUES = {
 
 # Maximum run time of one background job, in seconds, before RQ stops it; a full-site backup takes hours.
 AIP_JOB_TIMEOUT = int(os.environ.get("AIP_JOB_TIMEOUT", str(24 * 3600)))
+# Seconds a job or packager run waits for another one working on the same objects before it fails
+# with a message naming that job; 0 fails at once.
+AIP_LOCK_WAIT = float(os.environ.get("AIP_LOCK_WAIT", "300"))
+# Folders whose packages the admin's "Verify AIP" page may read by server path; a path outside
+# them (after resolving symbolic links and "..") is rejected. Comma-separated in the environment.
+AIP_SERVER_ROOTS = [
+    Path(folder.strip()) for folder in os.environ.get("AIP_SERVER_ROOTS", str(VAR_DIR)).split(",") if folder.strip()
+]
 
 # Handle prefix of this installation; the site's own handle is "<prefix>/0".
 HANDLE_PREFIX = os.environ.get("HANDLE_PREFIX", "123456789")

@@ -34,8 +34,9 @@ from rq.job import Job as RqJob
 
 from aip import selectors
 from aip.errors import AipError, JobCancelledError
-from aip.models import Job
+from aip.models import Backup, Job, JobEvent
 from aip.options import export_options, ingest_options
+from aip.services import audit, locks
 from aip.services.backups import backup_job_run
 from aip.services.export import object_export
 from aip.services.ingest import package_ingest
@@ -164,25 +165,43 @@ def job_run(job_id: int) -> Job:
         return job
 
     recorder = _Recorder(job.pk)
-    logger.info("job %s started: %s %s", job.pk, job.kind, job.handle or job.path)
+    target = job.handle or job.path
+    logger.info("job %s started: %s %s", job.pk, job.kind, target)
+    audit.event_record(job, JobEvent.Action.STARTED, handle=job.handle, detail=_job_describe(job))
     try:
         with _reporting(recorder):
             _export_total(job, recorder)
             result_path = _RUNNERS[job.kind](job, recorder)
     except JobCancelledError as error:
-        logger.info("job %s (%s) cancelled", job.pk, job.handle or job.path)
-        recorder.finish(state=Job.State.CANCELLED, error=str(error))
+        logger.info("job %s (%s) cancelled", job.pk, target)
+        _job_end(job, recorder, Job.State.CANCELLED, error=str(error))
     except AipError as error:
-        logger.info("job %s (%s) failed: %s", job.pk, job.handle or job.path, error)
-        recorder.finish(state=Job.State.FAILED, error=str(error))
+        logger.info("job %s (%s) failed: %s", job.pk, target, audit.redact(str(error)))
+        _job_end(job, recorder, Job.State.FAILED, error=str(error))
     except Exception as error:
-        logger.exception("job %s (%s) failed with an unexpected error", job.pk, job.handle or job.path)
-        recorder.finish(state=Job.State.FAILED, error=f"{type(error).__name__}: {error}")
+        # The logged traceback carries a redacted copy of the message, because a driver's message may quote a
+        # connection string; chained causes are left out for the same reason.
+        redacted = (type(error), Exception(audit.redact(str(error))), error.__traceback__)
+        logger.error("job %s (%s) failed with an unexpected error", job.pk, target, exc_info=redacted)
+        _job_end(job, recorder, Job.State.FAILED, error=f"{type(error).__name__}: {error}")
     else:
-        logger.info("job %s (%s) succeeded", job.pk, job.handle or job.path)
-        recorder.finish(state=Job.State.SUCCEEDED, result_path=result_path)
+        logger.info("job %s (%s) succeeded", job.pk, target)
+        _job_end(job, recorder, Job.State.SUCCEEDED, result_path=result_path)
     job.refresh_from_db()
     return job
+
+
+def _job_describe(job: Job) -> str:
+    source = f"{job.storage}:{job.path}" if job.storage else job.path
+    flags = " with every descendant" if job.recursive else ""
+    return f"{job.get_kind_display()} of {job.handle or job.parent_handle or source}{flags}; package {source}"
+
+
+def _job_end(job: Job, recorder: _Recorder, state: str, *, error: str = "", result_path: str = "") -> None:
+    """Record the outcome on the job row and in its audit trail, after the events of each object."""
+    recorder.finish(state=state, error=error, result_path=result_path)
+    detail = error or (f"Result: {result_path}" if result_path else "")
+    audit.events_record(job, recorder.events + [audit.EventDraft(action=state, handle=job.handle, detail=detail)])
 
 
 def job_retry(job: Job, *, user=None) -> Job:
@@ -366,6 +385,8 @@ class _Recorder:
         self.threaded = False
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
+        # Per-object audit events, saved when the job ends; runners add only what stays true if it fails later.
+        self.events: list[audit.EventDraft] = []
 
     def total(self, objects: int) -> None:
         with self.lock:
@@ -393,19 +414,25 @@ class _Recorder:
     def flush(self, **fields) -> None:
         with self.lock:
             # Concat appends in the database, so a long log is not read and rewritten on every write.
-            text = "".join(f"{line}\n" for line in self.pending_lines)
-            self.pending_lines = []
+            lines, self.pending_lines = self.pending_lines, []
+            text = audit.redact("".join(f"{line}\n" for line in lines))
             counters = {"objects_done": self.objects_done, "bytes_done": self.bytes_done}
             if self.objects_total is not None:
                 counters["objects_total"] = self.objects_total
-        Job.objects.filter(pk=self.job_id).update(
+        updated = Job.objects.filter(pk=self.job_id).update(
             heartbeat_at=timezone.now(), log=Concat(F("log"), Value(text)), **counters, **fields
         )
+        if not updated:
+            # The row is not visible from this connection (the job runs inside a transaction that has not
+            # committed, as in tests), so the lines wait for a write that can see it.
+            with self.lock:
+                self.pending_lines = lines + self.pending_lines
         self.last_write = time.monotonic()
         if not fields and Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
             self.cancelled.set()
 
     def finish(self, *, state: str, error: str = "", result_path: str = "") -> None:
+        error = audit.redact(error)
         if state == Job.State.SUCCEEDED:
             # The total of an ingest or verify is an estimate (every package of the folder); a finished
             # run knows the real one.
@@ -455,6 +482,20 @@ def _reporting(recorder: _Recorder) -> Iterator[None]:
         recorder.threaded = False
 
 
+@contextmanager
+def _locked(job: Job, recorder: _Recorder, keys: list[locks.LockKey]) -> Iterator[None]:
+    """Hold the job's locks while the block runs; a wait shows in the log and the audit trail, and can be cancelled."""
+
+    def on_wait(message: str) -> None:
+        recorder.lines([message])
+        recorder.events.append(audit.EventDraft(action=JobEvent.Action.WAITED, handle=job.handle, detail=message))
+
+    with locks.locks_held(
+        keys, holder=locks.job_holder_name(job.pk), on_wait=on_wait, cancelled=recorder.cancelled.is_set
+    ):
+        yield
+
+
 def _export_run(job: Job, recorder: _Recorder) -> str:
     """Export into a local folder, or into the folder of ``job.path`` in ``job.storage``.
 
@@ -472,8 +513,13 @@ def _export_run(job: Job, recorder: _Recorder) -> str:
         target = nullcontext(Path(folder))
         place = folder
 
-    with target as local:
+    keys = locks.export_keys(job.handle, storage=job.storage, path=job.path)
+    # One snapshot for the whole tree: every package shows the repository at the moment the export started.
+    with _locked(job, recorder, keys), target as local, locks.read_snapshot():
+        # Read again under the locks: a writer that held them may have replaced the object meanwhile.
+        obj = selectors.object_by_handle_or_error(job.handle)
         result = object_export(obj=obj, path=local / top_name, options=options, progress=recorder.package_written)
+    recorder.events += _export_drafts(result)
 
     unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
     recorder.lines([
@@ -483,16 +529,43 @@ def _export_run(job: Job, recorder: _Recorder) -> str:
     return job.path
 
 
+def _export_drafts(result) -> list[audit.EventDraft]:
+    kept = set(result.kept)
+    drafts = [
+        audit.package_draft(JobEvent.Action.KEPT if path in kept else JobEvent.Action.EXPORTED, path.name)
+        for path in result.packages
+    ]
+    return drafts + [
+        audit.package_draft(JobEvent.Action.UNCHANGED, path.name, "not modified since updatedAfter")
+        for path in result.unchanged
+    ]
+
+
 def _ingest_run(job: Job, recorder: _Recorder) -> str:
+    options = _ingest_options(job)
     with _package_source(job) as path:
-        report = package_ingest(
-            path=path,
-            options=_ingest_options(job),
-            parent_handle=job.parent_handle or None,
+        keys = locks.ingest_keys(
+            path,
+            storage=job.storage,
+            path=job.path,
             replace_handle=job.handle or None,
-            eperson_email=job.eperson_email,
-            progress=recorder,
+            parent_handle=job.parent_handle or None,
+            manifest_only=options.manifest_only,
         )
+        with _locked(job, recorder, keys):
+            report = package_ingest(
+                path=path,
+                options=options,
+                parent_handle=job.parent_handle or None,
+                replace_handle=job.handle or None,
+                eperson_email=job.eperson_email,
+                progress=recorder,
+            )
+    recorder.events += (
+        audit.report_drafts(JobEvent.Action.CREATED, report.created)
+        + audit.report_drafts(JobEvent.Action.REPLACED, report.replaced)
+        + audit.report_drafts(JobEvent.Action.SKIPPED, report.skipped)
+    )
     recorder.objects_done = len(report.created) + len(report.replaced) + len(report.skipped)
     recorder.bytes_done = report.bytes_stored
     recorder.lines([f"WARNING: {warning}" for warning in report.warnings] + report.lines())
@@ -500,10 +573,21 @@ def _ingest_run(job: Job, recorder: _Recorder) -> str:
 
 
 def _verify_run(job: Job, recorder: _Recorder) -> str:
-    with _package_source(job) as path:
+    with _locked(job, recorder, locks.verify_keys(storage=job.storage, path=job.path)), _package_source(job) as path:
         report = tree_verify(
             path=path, recursive=job.recursive, validate=verify_validate_option(job.options), progress=recorder
         )
+    recorder.events += [
+        audit.EventDraft(action=JobEvent.Action.PROBLEM, package=path.name, detail=problem)
+        for problem in report.problems
+    ]
+    recorder.events.append(
+        audit.EventDraft(
+            action=JobEvent.Action.VERIFIED if not report.problems else JobEvent.Action.PROBLEM,
+            package=path.name,
+            detail=report.summary(),
+        )
+    )
     recorder.objects_done = report.packages
     recorder.bytes_done = report.bytes_checked
     recorder.lines(
@@ -519,6 +603,29 @@ def _verify_run(job: Job, recorder: _Recorder) -> str:
     return ""
 
 
+def _backup_run(job: Job, recorder: _Recorder) -> str:
+    """Run the backup while holding shared locks on its tree; record each package of the verified backup."""
+    keys = locks.export_keys(job.handle, storage=job.storage, path=job.path)
+    with _locked(job, recorder, keys):
+        result_path = backup_job_run(job, recorder)
+    backup = Backup.objects.filter(job=job).first()
+    if backup is not None:
+        # Imported here because the fixity module builds on the backups module, as this one does.
+        from aip.services.fixity import backup_index_read
+
+        index = backup_index_read(backup) or {}
+        recorder.events += [
+            audit.package_draft(
+                JobEvent.Action.COPIED if entry.get("copied") else JobEvent.Action.EXPORTED,
+                name,
+                f"MD5 {entry.get('md5')}, {entry.get('size')} bytes"
+                + (f", copied from {backup.based_on.folder}" if entry.get("copied") and backup.based_on else ""),
+            )
+            for name, entry in sorted(index.items())
+        ]
+    return result_path
+
+
 def _package_source(job: Job):
     """Return a context manager yielding a local path of the job's package, with its folder when recursive."""
     if not job.storage:
@@ -529,6 +636,6 @@ def _package_source(job: Job):
 _RUNNERS: dict[str, Callable[[Job, _Recorder], str]] = {
     Job.Kind.EXPORT: _export_run,
     Job.Kind.VERIFY: _verify_run,
-    Job.Kind.BACKUP: backup_job_run,
+    Job.Kind.BACKUP: _backup_run,
     **{kind: _ingest_run for kind in INGEST_KINDS},
 }

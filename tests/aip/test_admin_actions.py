@@ -18,10 +18,12 @@ from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
+from django.contrib.messages import get_messages
 from django.core.files.storage import storages
 from django.http import FileResponse
 from django.urls import reverse
 
+from aip.admin_views import upload_file_name
 from aip.models import Job
 from aip.services.jobs import job_create
 from repository.models import Bitstream, Collection, Community, EPerson, Group, Item, Site
@@ -73,6 +75,10 @@ def staff_client(client, *permissions: str, eperson: bool = False):
 
 def stored(root: Path) -> list[str]:
     return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+
+
+def shown_messages(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def md5(data: bytes) -> str:
@@ -140,6 +146,11 @@ def test_export_action_queues_one_job_each(admin_client, demo, aips, admin):
         assert len(job_log_entries(job, ADDITION)) == 1
     names = [f"ITEM@{item.handle_string.replace('/', '-')}.zip" for item in items]
     assert [name.rsplit("/", 1)[1] for name in stored(aips)] == sorted(names)
+    assert shown_messages(response) == [
+        f"Export job {job.pk} for {job.handle} ran in this request (REDIS_URL is not set) and succeeded: "
+        f"{job.result_path}"
+        for job in jobs
+    ]
 
 
 @pytest.mark.django_db
@@ -184,6 +195,10 @@ def test_backup_page_exports_site(admin_client, demo, aips):
     assert job.result_path.endswith("/SITE@123456789-0.zip")
     assert (aips / job.result_path).is_file()
     assert len(stored(aips)) > 10
+    assert shown_messages(response) == [
+        f"Export job {job.pk} for {SITE_HANDLE} ran in this request (REDIS_URL is not set) and succeeded: "
+        f"{job.result_path}"
+    ]
 
 
 @pytest.mark.django_db
@@ -250,6 +265,42 @@ def test_submit_upload_creates_item(admin_client, demo, aips, tmp_path):
 
 
 @pytest.mark.django_db
+def test_upload_keeps_package_name(admin_client, demo, aips, tmp_path):
+    item = item_with_files()
+    name = stored_item_package(aips, tmp_path, item)
+    upload_name = f"ITEM@{item.handle_string.replace('/', '-')}.zip"
+
+    with (aips / name).open("rb") as upload:
+        admin_client.post(
+            reverse("admin:aip_job_restore"),
+            {"upload": upload, "mode": "submit", "parent_handle": item.owning_collection.handle_string},
+        )
+
+    job = Job.objects.get()
+    assert Path(name).name == upload_name
+    assert job.path.startswith("uploads/")
+    assert job.path.rsplit("/", 1)[1] == upload_name
+
+
+@pytest.mark.parametrize(
+    ("uploaded", "stored_as"),
+    [
+        ("ITEM@123456789-13.zip", "ITEM@123456789-13.zip"),
+        ("COLLECTION@123456789-4_v2.zip", "COLLECTION@123456789-4_v2.zip"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\ITEM@1-2.zip", "ITEM@1-2.zip"),
+        ("my package (1).zip", "my_package__1_.zip"),
+        ("ITEM@1..zip", "ITEM@1.zip"),
+        ("..", "package.zip"),
+        (".hidden.zip", "hidden.zip"),
+        ("", "package.zip"),
+    ],
+)
+def test_upload_file_name_cleaning(uploaded, stored_as):
+    assert upload_file_name(uploaded) == stored_as
+
+
+@pytest.mark.django_db
 def test_restore_keep_existing_skips(admin_client, demo, aips, tmp_path):
     name = stored_item_package(aips, tmp_path, item_with_files())
     items_before = Item.objects.count()
@@ -267,11 +318,50 @@ def test_restore_keep_existing_skips(admin_client, demo, aips, tmp_path):
 
 
 @pytest.mark.django_db
+def test_restore_failed_in_request_says_so(admin_client, demo, aips, tmp_path):
+    name = stored_item_package(aips, tmp_path, item_with_files())
+
+    response = admin_client.post(
+        reverse("admin:aip_job_restore"), {"stored": name, "mode": "restore", "create_metadata_fields": "on"}
+    )
+
+    job = Job.objects.get()
+    assert job.state == Job.State.FAILED
+    assert "already exists" in job.error
+    assert shown_messages(response) == [
+        f"Restore job {job.pk} for {name} ran in this request (REDIS_URL is not set) and failed: {job.error}"
+    ]
+
+
+@pytest.mark.django_db
 def test_restore_needs_a_package(admin_client):
     response = admin_client.post(reverse("admin:aip_job_restore"), {"mode": "restore"})
 
     assert response.status_code == 200
     assert b"Upload a package or pick one from the" in response.content
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_restore_form_error_shown_once(admin_client):
+    response = admin_client.post(reverse("admin:aip_job_restore"), {"mode": "restore"})
+
+    text = response.content.decode()
+    assert text.count("Upload a package or pick one from the") == 1
+    assert text.count('class="errorlist nonfield"') == 1
+
+
+@pytest.mark.django_db
+def test_export_form_error_shown_once(admin_client, demo):
+    item = item_with_files()
+
+    response = action_post(
+        admin_client, "item", "export_aip", [item], apply="yes", filter_bundles="TEXT", include_bundles="ORIGINAL"
+    )
+
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert text.count('class="errorlist nonfield"') == 1
     assert not Job.objects.exists()
 
 
@@ -301,6 +391,83 @@ def test_restore_unknown_parent(admin_client, demo, aips, tmp_path):
 
     assert response.status_code == 200
     assert b"No object has the handle &#x27;123456789/99999&#x27;" in response.content
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("handle", ["123456789/999", "nohandle"])
+@pytest.mark.parametrize("mode", ["submit", "restore"])
+@pytest.mark.django_db
+def test_restore_unknown_parent_one_error(admin_client, demo, aips, tmp_path, handle, mode):
+    name = stored_item_package(aips, tmp_path, item_with_files())
+
+    response = admin_client.post(
+        reverse("admin:aip_job_restore"),
+        {"stored": name, "mode": mode, "parent_handle": handle, "ignore_parent": "true"},
+    )
+
+    text = response.content.decode()
+    assert f"No object has the handle &#x27;{handle}&#x27;" in text
+    assert "Submit needs a parent handle" not in text
+    assert "none is given" not in text
+    assert text.count('class="errorlist"') == 1
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("mode", ["restore", "keep", "replace"])
+@pytest.mark.django_db
+def test_restore_ignore_parent_needs_handle(admin_client, demo, aips, tmp_path, mode):
+    name = stored_item_package(aips, tmp_path, item_with_files())
+
+    response = admin_client.post(
+        reverse("admin:aip_job_restore"), {"stored": name, "mode": mode, "ignore_parent": "true", "confirm": "yes"}
+    )
+
+    assert response.status_code == 200
+    assert b"ignoreParent=true places the package under the parent handle given here, but none is given" in (
+        response.content
+    )
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("mode", ["submit", "restore", "replace"])
+@pytest.mark.django_db
+def test_restore_item_under_item_rejected(admin_client, demo, aips, tmp_path, mode):
+    item = item_with_files()
+    name = stored_item_package(aips, tmp_path, item)
+    other = Item.objects.filter(handle__isnull=False).exclude(pk=item.pk).order_by("pk").first()
+    items_before = Item.objects.count()
+
+    response = admin_client.post(
+        reverse("admin:aip_job_restore"),
+        {"stored": name, "mode": mode, "parent_handle": other.handle_string, "ignore_parent": "true",
+         "confirm": "yes"},
+    )
+
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert f"Its parent &#x27;{other.handle_string}&#x27; is of type ITEM" in text
+    assert "ITEM packages can only be placed under COLLECTION." in text
+    assert not Job.objects.exists()
+    assert Item.objects.count() == items_before
+
+
+@pytest.mark.django_db
+def test_submit_community_under_collection_rejected(admin_client, demo, aips, tmp_path):
+    community = Community.objects.filter(handle__isnull=False).order_by("pk").first()
+    collection = Collection.objects.filter(handle__isnull=False).order_by("pk").first()
+    local = tmp_path / "export" / "COMMUNITY.zip"
+    packager("-d", "-i", community.handle_string, str(local))
+    (aips / "saved").mkdir()
+    shutil.copyfile(local, aips / "saved" / "COMMUNITY.zip")
+
+    response = admin_client.post(
+        reverse("admin:aip_job_restore"),
+        {"stored": "saved/COMMUNITY.zip", "mode": "submit", "parent_handle": collection.handle_string},
+    )
+
+    text = response.content.decode()
+    assert f"Its parent &#x27;{collection.handle_string}&#x27; is of type COLLECTION" in text
+    assert "COMMUNITY packages can only be placed under SITE or COMMUNITY." in text
     assert not Job.objects.exists()
 
 
@@ -342,6 +509,56 @@ def test_replace_shows_counts_then_confirms(admin_client, demo, aips, tmp_path):
     assert job.kind == Job.Kind.REPLACE
     assert job.state == Job.State.SUCCEEDED, job.error
     assert Item.objects.get(pk=item.pk).name == title
+    assert shown_messages(response) == [
+        f"Replace job {job.pk} for {name} ran in this request (REDIS_URL is not set) and succeeded."
+    ]
+
+
+def hidden_value(text: str, name: str) -> str:
+    marker = f'name="{name}" value="'
+    start = text.index(marker) + len(marker)
+    return text[start:text.index('"', start)]
+
+
+@pytest.mark.django_db
+def test_replace_go_back_deletes_upload(admin_client, demo, aips, tmp_path):
+    name = stored_item_package(aips, tmp_path, item_with_files())
+
+    with (aips / name).open("rb") as upload:
+        confirm = admin_client.post(
+            reverse("admin:aip_job_restore"), {"upload": upload, "mode": "replace", "create_metadata_fields": "on"}
+        )
+    uploaded = hidden_value(confirm.content.decode(), "stored")
+    token = hidden_value(confirm.content.decode(), "upload_token")
+    before = stored(aips)
+    response = admin_client.post(reverse("admin:aip_job_restore"), {"back": "yes", "upload_token": token})
+
+    assert uploaded.startswith("uploads/")
+    assert before == sorted([name, uploaded])
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:aip_job_restore")
+    assert stored(aips) == [name]
+    assert not (aips / uploaded).parent.exists()
+    assert shown_messages(response) == [f"Nothing was replaced; the uploaded package {uploaded} was deleted."]
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_replace_go_back_keeps_stored(admin_client, demo, aips, tmp_path):
+    # A package picked from the storage stays, even one in uploads/ and with its name posted as a token.
+    name = stored_item_package(aips, tmp_path, item_with_files(), folder="uploads/20250101T000000Z-abcdef")
+
+    confirm = admin_client.post(
+        reverse("admin:aip_job_restore"), {"stored": name, "mode": "replace", "create_metadata_fields": "on"}
+    )
+    plain = admin_client.post(reverse("admin:aip_job_restore"), {"back": "yes"})
+    forged = admin_client.post(reverse("admin:aip_job_restore"), {"back": "yes", "upload_token": name})
+
+    assert 'name="upload_token"' not in confirm.content.decode()
+    assert plain.status_code == 302
+    assert forged.status_code == 302
+    assert stored(aips) == [name]
+    assert not Job.objects.exists()
 
 
 @pytest.mark.django_db
@@ -381,6 +598,10 @@ def test_verify_stored_backup_folder(admin_client, demo, aips):
     assert job.path == backup.result_path
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.objects_done == backup.objects_done
+    # The backup's own message was not shown yet, because its redirect was not followed.
+    assert shown_messages(response)[-1] == (
+        f"Verify job {job.pk} for SITE@123456789-0.zip ran in this request (REDIS_URL is not set) and succeeded."
+    )
 
 
 # --- progress, cancel, retry and download ---------------------------------------------------------
@@ -449,9 +670,11 @@ def redis_queue(settings, aips):
 def test_export_on_redis_then_cancel(admin_client, demo, aips, redis_queue, django_capture_on_commit_callbacks):
     # django-rq enqueues after the commit, and each test runs inside one transaction.
     with django_capture_on_commit_callbacks(execute=True):
-        action_post(admin_client, "item", "export_aip", [item_with_files()], apply="yes")
+        response = action_post(admin_client, "item", "export_aip", [item_with_files()], apply="yes")
     job = Job.objects.get()
     queued = redis_queue.count
+    folder = job.path.rsplit("/", 1)[0]
+    assert shown_messages(response) == [f'Queued 1 export job(s) writing to {folder} in the "aips" storage.']
     admin_client.post(reverse("admin:aip_job_cancel", args=[job.pk]))
 
     job.refresh_from_db()
@@ -507,6 +730,10 @@ def test_retry_failed_export(admin_client, admin, demo, aips, tmp_path, monkeypa
     assert retry.retry_of == failed
     assert retry.storage == "aips"
     assert retry.state == Job.State.SUCCEEDED, retry.error
+    assert shown_messages(response) == [
+        f"Export job {retry.pk} (retry of job {failed.pk}) ran in this request (REDIS_URL is not set) and "
+        "succeeded: exports/retry/ITEM.zip"
+    ]
     assert (aips / "exports/retry/ITEM.zip").is_file()
     assert [entry.user for entry in job_log_entries(retry, ADDITION)] == [admin.user]
 

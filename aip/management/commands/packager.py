@@ -13,6 +13,7 @@ from aip.options import export_options, ingest_options, parse_option_pairs
 from aip.progress import TerminalProgress
 from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
+from aip.services import locks
 from aip.services.jobs import job_create, job_enqueue, job_run
 from aip.services.verify import tree_verify, verify_validate_option
 from repository.models import EPerson
@@ -110,7 +111,9 @@ class Command(BaseCommand):
         progress = self._progress("exported")
         progress.total(selectors.tree_size(obj) if export.recursive else 1)
         try:
-            result = object_export(obj=obj, path=path, options=export, progress=progress.package_written)
+            keys = locks.export_keys(options["identifier"], storage="", path=path)
+            with self._locked(keys, "export", options), locks.read_snapshot():
+                result = object_export(obj=obj, path=path, options=export, progress=progress.package_written)
         finally:
             progress.close()
         unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
@@ -129,7 +132,8 @@ class Command(BaseCommand):
             return self._enqueue(Job.Kind.VERIFY, options)
         progress = self._progress("verified")
         try:
-            report = tree_verify(path=path, recursive=options["all"], validate=validate, progress=progress)
+            with self._locked(locks.verify_keys(storage="", path=path), "verify", options):
+                report = tree_verify(path=path, recursive=options["all"], validate=validate, progress=progress)
         finally:
             progress.close()
         for problem in report.problems:
@@ -142,6 +146,14 @@ class Command(BaseCommand):
                 f"Verify found {len(report.problems)} problem(s) in {path.name}"
                 f"{' and its child packages' if options['all'] else ''}; each is listed above as PROBLEM."
             )
+
+    def _locked(self, keys: list, mode: str, options: dict):
+        """Hold the same locks a job of this mode takes, so a job and an inline run never overlap."""
+        return locks.locks_held(
+            keys,
+            holder=locks.packager_holder_name(mode, options["eperson"]),
+            on_wait=lambda message: self.stderr.write(message),
+        )
 
     def _progress(self, verb: str) -> TerminalProgress:
         """A bar on a terminal; in a log, a plain line now and then (and one per package with -v 2)."""
@@ -169,16 +181,22 @@ class Command(BaseCommand):
             if options["restore"]:
                 kind = Job.Kind.REPLACE if options["force_replace"] else Job.Kind.RESTORE
             return self._enqueue(kind, options)
+        path = Path(options["file"]).resolve()
+        keys = locks.ingest_keys(
+            path, storage="", path=path, replace_handle=options["identifier"], parent_handle=parent,
+            manifest_only=ingest.manifest_only,
+        )
         progress = self._progress("read")
         try:
-            report = package_ingest(
-                path=Path(options["file"]).resolve(),
-                options=ingest,
-                parent_handle=parent,
-                replace_handle=options["identifier"],
-                eperson_email=options["eperson"],
-                progress=progress,
-            )
+            with self._locked(keys, "ingest", options):
+                report = package_ingest(
+                    path=path,
+                    options=ingest,
+                    parent_handle=parent,
+                    replace_handle=options["identifier"],
+                    eperson_email=options["eperson"],
+                    progress=progress,
+                )
         finally:
             progress.close()
         self._print_report(report)
