@@ -52,9 +52,13 @@ class FieldRegistry:
         return MetadataField.objects.create(schema=schema, element=key[1], qualifier=key[2])
 
 
-def values_replace(obj, values: list[DimValue], registry: FieldRegistry, *, source: str) -> None:
-    """Replace every metadata value of ``obj`` with ``values``, keeping their order."""
-    obj.metadata.all().delete()
+def values_replace(obj, values: list[DimValue], registry: FieldRegistry, *, source: str, existing: bool = True) -> None:
+    """Replace every metadata value of ``obj`` with ``values``, keeping their order.
+
+    ``existing=False`` states that ``obj`` has no values yet (new or just emptied), which saves the delete.
+    """
+    if existing:
+        obj.metadata.all().delete()
     target = object_kwargs(obj)
     rows = [
         MetadataValue(

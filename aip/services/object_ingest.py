@@ -9,14 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from aip import selectors
-from aip.mets.model import DimValue, FileRecord, PackageManifest
+from aip.mets.model import DimValue, FileRecord, PackageManifest, PolicyRecord
 from aip.mets.reader import choose_descriptive, mods_to_dim
 from aip.options import IngestOptions
 from aip.package import PackageReader
 from aip.services import bitstream_ingest
 from aip.services.bitstream_ingest import FormatRegistry, StoredFiles
 from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, values_replace
-from aip.services.roles_ingest import RolesIngester, free_uuid, policies_replace
+from aip.services.roles_ingest import PolicyWriter, RolesIngester, free_uuid
 from repository.installation import submission_record
 from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Item, Site, bitstream_storage
 from repository.workflow import item_install, workflow_start
@@ -46,6 +46,11 @@ class ObjectIngester:
         self.roles = RolesIngester(
             current_user=current_user, mode=mode, resolve_handle=self.resolve_handle, warn=warn
         )
+        self.policies = PolicyWriter(resolve_handle=self.resolve_handle, warn=warn)
+        # Objects found by handle, and UUIDs that ``by_uuid`` found free, so that a run reads each once.
+        self._by_handle: dict[str, object] = {}
+        self._free_uuids: set[tuple[type, uuid_module.UUID]] = set()
+        self._submitters: dict[str, EPerson] = {}
 
     def reads(self, section: str) -> bool:
         """Tell whether ingest applies a section type (settings.AIP_INGEST_IGNORED_SECTIONS lists those it skips)."""
@@ -57,19 +62,37 @@ class ObjectIngester:
         A package ingested under a new handle (submit mode, or ignoreHandle) still
         names itself, and its children name it as their parent, by its old handle.
         """
-        return self.handle_aliases.get(handle) or selectors.object_by_handle(handle)
+        found = self.handle_aliases.get(handle) or self._by_handle.get(handle)
+        if found is None:
+            # Only found objects are kept: a handle not found yet may belong to a package later in the run.
+            found = selectors.object_by_handle(handle)
+            if found is not None:
+                self._by_handle[handle] = found
+        return found
 
     def by_uuid(self, object_type: str, text: str):
         try:
             value = uuid_module.UUID(text)
         except ValueError:
             return None
-        return MODELS[object_type].objects.filter(uuid=value).select_related("handle").first()
+        found = MODELS[object_type].objects.filter(uuid=value).select_related("handle").first()
+        if found is None:
+            self._free_uuids.add((MODELS[object_type], value))
+        return found
 
     def _new_uuid(self, model, manifest_uuid: str | None) -> uuid_module.UUID:
         """Keep the package's UUID on restore when it is free; submit always mints a new one."""
-        kept = free_uuid(model, manifest_uuid) if self.options.restore else None
-        return kept or uuid_module.uuid4()
+        if not self.options.restore:
+            return uuid_module.uuid4()
+        try:
+            key = (model, uuid_module.UUID(manifest_uuid or ""))
+        except ValueError:
+            return uuid_module.uuid4()
+        if key in self._free_uuids:
+            # by_uuid found it free just before this package's object is created, and nothing took it since.
+            self._free_uuids.discard(key)
+            return key[1]
+        return free_uuid(model, manifest_uuid) or uuid_module.uuid4()
 
     # Creation
 
@@ -84,9 +107,14 @@ class ObjectIngester:
             obj.owning_collection = parent
             obj.in_archive = True
             obj.last_modified = manifest.last_modified if self.options.restore and manifest.last_modified else timezone.now()
-        obj.save()
+        if not isinstance(obj, Item) or self._roles_apply(manifest):
+            # _fill inserts a new item once its fields are known; roles need the object saved first.
+            obj.save()
         if manifest.handle and manifest.handle != obj.handle_string:
             self.handle_aliases[manifest.handle] = obj
+        if obj.handle_string and not isinstance(obj, Item):
+            # Containers only: they are the parents later packages name, and items would make the cache grow with the run.
+            self._by_handle[obj.handle_string] = obj
         self._fill(obj, reader, manifest, source=source)
         if isinstance(obj, Item) and not self.options.restore:
             self._submit(obj, parent)
@@ -138,29 +166,39 @@ class ObjectIngester:
             bitstream.delete()
 
     def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
-        """Apply the package's sections in DSpace's order: roles, metadata, technical metadata, files, policies."""
-        if manifest.admin.roles is not None and self.reads("DSPACE-ROLES"):
+        """Apply the package's sections in DSpace's order: roles, metadata, technical metadata, files, policies.
+
+        ``obj`` is new or emptied by ``replace``: it has no metadata values, policies or files to delete first.
+        """
+        if self._roles_apply(manifest):
             self.roles.apply(manifest.admin.roles, owner=obj, source=source)
+        if self.reads("METSRIGHTS"):
+            self.policies.groups_load(_policy_records(manifest))
         values = self._descriptive_values(manifest.descriptive, source=source)
         if isinstance(obj, Item):
+            mapped = []
             if self.reads("AIP-TECHMD"):
-                self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
-            values_replace(obj, values, self.fields, source=source)
+                mapped = self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
             obj.name = first_title(values)
             obj.save()
+            if mapped:
+                obj.mapped_collections.add(*mapped)
+            values_replace(obj, values, self.fields, source=source, existing=False)
             self._item_files(obj, reader, manifest, source=source)
         else:
             stored_values = container_values(obj, values)
-            values_replace(obj, stored_values, self.fields, source=source)
+            values_replace(obj, stored_values, self.fields, source=source, existing=False)
             obj.name = first_title(stored_values)
             self._logo(obj, reader, manifest.logo, source=source)
             if isinstance(obj, Collection) and manifest.template_descriptive:
                 self._template(obj, manifest.template_descriptive, source=source)
             obj.save()
         if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
-            policies_replace(
-                obj, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
-            )
+            self.policies.add(obj, manifest.admin.policies, source=source)
+        self.policies.flush()
+
+    def _roles_apply(self, manifest: PackageManifest) -> bool:
+        return manifest.admin.roles is not None and self.reads("DSPACE-ROLES")
 
     def _descriptive_values(self, sections, *, source: str) -> list[DimValue]:
         chosen = choose_descriptive(sections, self.options.preferred_dmd, source=source)
@@ -174,21 +212,28 @@ class ObjectIngester:
 
     # Items
 
-    def _item_techmd(self, item: Item, values: list[DimValue], *, source: str) -> None:
+    def _item_techmd(self, item: Item, values: list[DimValue], *, source: str) -> list[Collection]:
+        """Set the submitter and withdrawal of ``item``; return the collections it is mapped into."""
+        mapped = []
         for value in values:
             key = (value.element, value.qualifier or None)
             if key == ("creator", None) and value.value:
                 item.submitter = self._submitter(value.value, source=source)
             elif key == ("relation", "isReferencedBy"):
-                self._map_by_reference(item, value.value, source=source)
+                collection = self.resolve_handle(value.value.removeprefix("hdl:"))
+                if isinstance(collection, Collection):
+                    mapped.append(collection)
             elif key == ("rights", "accessRights") and value.value.upper() == "WITHDRAWN":
                 item.withdrawn = True
                 item.in_archive = False
+        return mapped
 
     def _submitter(self, email: str, *, source: str) -> EPerson | None:
-        person = EPerson.objects.filter(email__iexact=email).first()
+        person = self._submitters.get(email.lower()) or EPerson.objects.filter(email__iexact=email).first()
         if person is None and settings.AIP_CREATE_SUBMITTER:
             person = EPerson.objects.create(email=email)
+        if person is not None:
+            self._submitters[email.lower()] = person
         if person is None:
             self.warn(
                 f"{source}: submitter {email} is not in this repository; the item is restored without a submitter "
@@ -196,44 +241,66 @@ class ObjectIngester:
             )
         return person
 
-    def _map_by_reference(self, item: Item, reference: str, *, source: str) -> None:
-        handle = reference.removeprefix("hdl:")
-        collection = self.resolve_handle(handle)
-        if isinstance(collection, Collection):
-            item.save()
-            item.mapped_collections.add(collection)
-
     def _item_files(self, item: Item, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
-        for position, record in enumerate(manifest.bundles):
-            bundle = Bundle.objects.create(
-                item=item, name=BUNDLE_ALIASES.get(record.name, record.name), position=position
-            )
-            primary = None
+        """Create the bundles and bitstreams of an item with one insert each, then queue their policies."""
+        bundles = Bundle.objects.bulk_create(
+            Bundle(item=item, name=BUNDLE_ALIASES.get(record.name, record.name), position=position)
+            for position, record in enumerate(manifest.bundles)
+        )
+        uuids = self._file_uuids(manifest)
+        files_by_bundle: list[list[tuple[Bitstream, FileRecord]]] = []
+        with_primary = []
+        for bundle, record in zip(bundles, manifest.bundles):
+            files = []
             for index, file_record in enumerate(record.files):
-                bitstream = self._bitstream(reader, file_record, bundle=bundle, position=index, source=source)
-                if bitstream is not None and file_record.id == manifest.primary_file_id:
-                    primary = bitstream
-            if primary is not None:
-                bundle.primary_bitstream = primary
-                bundle.save(update_fields=["primary_bitstream"])
-            if record.admin.policies is not None and self.reads("METSRIGHTS"):
-                policies_replace(
-                    bundle, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
-                )
+                bitstream = self._bitstream(reader, file_record, uuids, bundle=bundle, position=index, source=source)
+                if bitstream is None:
+                    continue
+                files.append((bitstream, file_record))
+                if file_record.id == manifest.primary_file_id:
+                    bundle.primary_bitstream = bitstream
+            if bundle.primary_bitstream is not None:
+                with_primary.append(bundle)
+            files_by_bundle.append(files)
 
-    def _bitstream(self, reader, record: FileRecord, *, bundle, position: int, source: str) -> Bitstream | None:
+        Bitstream.objects.bulk_create([bitstream for files in files_by_bundle for bitstream, _ in files])
+        if with_primary:
+            Bundle.objects.bulk_update(with_primary, ["primary_bitstream"])
+        if not self.reads("METSRIGHTS"):
+            return
+        for bundle, record, files in zip(bundles, manifest.bundles, files_by_bundle):
+            for bitstream, file_record in files:
+                if file_record.admin.policies is not None:
+                    self.policies.add(bitstream, file_record.admin.policies, source=source)
+            if record.admin.policies is not None:
+                self.policies.add(bundle, record.admin.policies, source=source)
+
+    def _file_uuids(self, manifest: PackageManifest) -> dict[str, uuid_module.UUID]:
+        """Return the UUID each file of ``manifest`` gets: on restore its own when free, else a new one."""
+        stated = {}
+        for record in (file for bundle in manifest.bundles for file in bundle.files):
+            try:
+                stated[record.id] = uuid_module.UUID((record.id or "").removeprefix("bitstream_"))
+            except ValueError:
+                continue
+        taken = set()
+        if self.options.restore and stated:
+            taken = set(Bitstream.objects.filter(uuid__in=stated.values()).values_list("uuid", flat=True))
+        uuids = {}
+        for file_id, value in stated.items():
+            if self.options.restore and value not in taken:
+                uuids[file_id] = value
+                taken.add(value)
+        return uuids
+
+    def _bitstream(self, reader, record: FileRecord, uuids, *, bundle, position: int, source: str) -> Bitstream | None:
+        """Store the file of ``record`` and return its unsaved bitstream, or None for an empty placeholder."""
         if bitstream_ingest.is_placeholder(reader, record):
             self.warn(f"{source}: file {record.href} is an empty placeholder for unreadable content; skipped.")
             return None
-        file_uuid = record.id.removeprefix("bitstream_") if record.id else None
-        bitstream = Bitstream(uuid=self._new_uuid(Bitstream, file_uuid), bundle=bundle, position=position)
+        bitstream = Bitstream(uuid=uuids.get(record.id) or uuid_module.uuid4(), bundle=bundle, position=position)
         bitstream_ingest.apply_technical_metadata(bitstream, record, self.formats)
         bitstream_ingest.store_file(reader, record, bitstream, self.stored, source=source)
-        bitstream.save()
-        if record.admin.policies is not None and self.reads("METSRIGHTS"):
-            policies_replace(
-                bitstream, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
-            )
         return bitstream
 
     # Containers
@@ -247,16 +314,14 @@ class ObjectIngester:
         logo.save()
         obj.logo = logo
         if record.admin.policies is not None and self.reads("METSRIGHTS"):
-            policies_replace(
-                logo, record.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn
-            )
+            self.policies.add(logo, record.admin.policies, source=source)
 
     def _template(self, collection: Collection, sections, *, source: str) -> None:
         if collection.template_item_id:
             return
         template = Item.objects.create(in_archive=False, last_modified=timezone.now())
         values = self._descriptive_values(sections, source=source)
-        values_replace(template, values, self.fields, source=source)
+        values_replace(template, values, self.fields, source=source, existing=False)
         collection.template_item = template
 
     # Site
@@ -280,6 +345,18 @@ class ObjectIngester:
             site.uuid = kept_uuid
         site.save()
         if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
-            policies_replace(site, manifest.admin.policies, resolve_handle=self.resolve_handle, source=source, warn=self.warn)
+            self.policies.replace(site, manifest.admin.policies, source=source)
+            self.policies.flush()
         return site
 
+
+def _policy_records(manifest: PackageManifest) -> list[PolicyRecord]:
+    """Return every policy a package states: the object's, the logo's, and those of each bundle and file."""
+    records = list(manifest.admin.policies or [])
+    if manifest.logo is not None:
+        records += manifest.logo.admin.policies or []
+    for bundle in manifest.bundles:
+        records += bundle.admin.policies or []
+        for file_record in bundle.files:
+            records += file_record.admin.policies or []
+    return records

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
+from collections.abc import Iterable
 
 from django.db.models import Q
 
@@ -23,20 +24,47 @@ _MODELS = {"COMMUNITY": Community, "COLLECTION": Collection}
 
 def group_name_for_export(name: str) -> str:
     """Return ``name`` with an embedded object UUID replaced by that object's handle."""
-    match = _NAME_WITH_ID.match(name)
-    if not match:
-        return name
-    object_type, identifier, suffix = match.groups()
-    try:
-        object_uuid = uuid_module.UUID(identifier)
-    except ValueError:
-        return name
-    obj = _MODELS[object_type].objects.filter(uuid=object_uuid).select_related("handle").first()
-    if obj is None:
-        return f"ORPHANED_{object_type}_GROUP_{identifier}_{suffix}"
-    if obj.handle_string is None:
-        return name
-    return f"{object_type}_hdl:{obj.handle_string}_{suffix}"
+    return export_names([name])[name]
+
+
+def export_names(names: Iterable[str]) -> dict[str, str]:
+    """Return the export name of each group name, reading the objects they embed with one query per object type.
+
+    A name whose object no longer exists becomes ``ORPHANED_<TYPE>_GROUP_<uuid>_<suffix>``,
+    and one whose object has no handle stays as it is.
+    """
+    names = set(names)
+    embedded: dict[str, tuple[str, uuid_module.UUID, str, str]] = {}
+    for name in names:
+        match = _NAME_WITH_ID.match(name)
+        if not match:
+            continue
+        object_type, identifier, suffix = match.groups()
+        try:
+            embedded[name] = (object_type, uuid_module.UUID(identifier), identifier, suffix)
+        except ValueError:
+            continue
+    handles = _handles_by_uuid(embedded.values())
+    exported = {name: name for name in names}
+    for name, (object_type, object_uuid, identifier, suffix) in embedded.items():
+        key = (object_type, object_uuid)
+        if key not in handles:
+            exported[name] = f"ORPHANED_{object_type}_GROUP_{identifier}_{suffix}"
+        elif handles[key] is not None:
+            exported[name] = f"{object_type}_hdl:{handles[key]}_{suffix}"
+    return exported
+
+
+def _handles_by_uuid(embedded) -> dict[tuple[str, uuid_module.UUID], str | None]:
+    """Return the handle (or None) of every community and collection named in ``embedded``, keyed by type and UUID."""
+    wanted: dict[str, set[uuid_module.UUID]] = {}
+    for object_type, object_uuid, _, _ in embedded:
+        wanted.setdefault(object_type, set()).add(object_uuid)
+    handles = {}
+    for object_type, uuids in wanted.items():
+        for obj in _MODELS[object_type].objects.filter(uuid__in=uuids).select_related("handle"):
+            handles[(object_type, obj.uuid)] = obj.handle_string
+    return handles
 
 
 def group_name_for_import(name: str, resolve_handle) -> str | None:
@@ -81,14 +109,23 @@ def group_role_type(obj, group: Group) -> str | None:
     return None
 
 
-def group_record(group: Group, *, role_type: str | None = None) -> GroupRecord:
+def group_record(group: Group, *, role_type: str | None = None, names: dict[str, str] | None = None) -> GroupRecord:
+    """Return the DSPACE-ROLES form of ``group``; ``names`` maps group names to export names (see ``export_names``)."""
+    members = list(group.member_groups.all())
+    if names is None:
+        names = export_names([group.name] + [member.name for member in members])
     return GroupRecord(
-        name=group_name_for_export(group.name),
+        name=names[group.name],
         id=str(group.uuid),
         type=role_type,
         member_emails=sorted(person.email or person.netid for person in group.members.all()),
-        member_group_names=sorted(group_name_for_export(member.name) for member in group.member_groups.all()),
+        member_group_names=sorted(names[member.name] for member in members),
     )
+
+
+def _group_export_names(groups: list[Group]) -> dict[str, str]:
+    """Return the export names of ``groups`` and of their member groups (prefetched), in one batch."""
+    return export_names(name for group in groups for name in [group.name] + [m.name for m in group.member_groups.all()])
 
 
 def person_record(person: EPerson, *, include_password: bool) -> PersonRecord:
@@ -112,10 +149,11 @@ def person_record(person: EPerson, *, include_password: bool) -> PersonRecord:
 
 def site_roles(*, include_passwords: bool) -> RolesRecord:
     """Return every group and every person, as the SITE AIP carries them."""
-    groups = Group.objects.prefetch_related("members", "member_groups").order_by("name")
+    groups = list(Group.objects.prefetch_related("members", "member_groups").order_by("name"))
+    names = _group_export_names(groups)
     people = EPerson.objects.order_by("email", "netid", "uuid")
     return RolesRecord(
-        groups=sorted((group_record(group) for group in groups), key=lambda record: record.name),
+        groups=sorted((group_record(group, names=names) for group in groups), key=lambda record: record.name),
         people=[person_record(person, include_password=include_passwords) for person in people],
     )
 
@@ -131,7 +169,8 @@ def container_roles(obj, *, include_passwords: bool = False) -> RolesRecord:
     """
     own = object_groups(obj)
     groups = _with_member_groups(own + _policy_groups(obj))
-    records = [group_record(group, role_type=group_role_type(obj, group)) for group in groups]
+    names = _group_export_names(groups)
+    records = [group_record(group, role_type=group_role_type(obj, group), names=names) for group in groups]
     people = {person.id: person for group in groups for person in group.members.all()}
     people.update({person.id: person for person in _policy_people(obj)})
     person_records = [
@@ -182,8 +221,8 @@ def _with_member_groups(groups: list[Group]) -> list[Group]:
     return list(Group.objects.filter(id__in=ids).prefetch_related("members", "member_groups").order_by("name"))
 
 
-def policy_record(policy: ResourcePolicy) -> PolicyRecord:
-    """Return the METSRights form of one resource policy."""
+def policy_record(policy: ResourcePolicy, names: dict[str, str] | None = None) -> PolicyRecord:
+    """Return the METSRights form of one resource policy; ``names`` maps group names to export names."""
     record = PolicyRecord(
         action=policy.action,
         context_class=ns.MANAGED_GRP,
@@ -200,13 +239,24 @@ def policy_record(policy: ResourcePolicy) -> PolicyRecord:
     elif policy.group.name == Group.ADMINISTRATOR:
         record.context_class = ns.REPOSITORY_MGR
     else:
-        record.group_name = group_name_for_export(policy.group.name)
+        record.group_name = names[policy.group.name] if names is not None else group_name_for_export(policy.group.name)
     return record
 
 
-def policy_records(policies) -> list[PolicyRecord]:
-    """Return the policies in a canonical order, since the database keeps none that is meaningful."""
-    records = [policy_record(policy) for policy in policies]
+def policy_group_names(policies) -> list[str]:
+    """Return the names of the groups that ``policies`` name, for ``export_names``."""
+    return [policy.group.name for policy in policies if policy.group_id and not policy.eperson_id]
+
+
+def policy_records(policies, names: dict[str, str] | None = None) -> list[PolicyRecord]:
+    """Return the policies in a canonical order, since the database keeps none that is meaningful.
+
+    Group names are translated with ``names`` when given, else with one lookup for all the policies.
+    """
+    policies = list(policies)
+    if names is None:
+        names = export_names(policy_group_names(policies))
+    records = [policy_record(policy, names) for policy in policies]
     return sorted(
         records,
         key=lambda r: (

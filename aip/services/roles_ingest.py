@@ -7,7 +7,7 @@ only their UUID follows a SITE package restored in replace mode.
 from __future__ import annotations
 
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aip.errors import AipError, ObjectExistsError
 from aip.mets import namespaces as ns
@@ -180,49 +180,86 @@ def _attach_role(owner, role_type: str, group: Group) -> None:
     owner.save(update_fields=[field])
 
 
-def policies_replace(obj, records: list[PolicyRecord], *, resolve_handle: Callable, source: str, warn) -> None:
-    """Replace every resource policy of ``obj`` with ``records``.
+class PolicyWriter:
+    """A writer of the resource policies of one ingest run, in batches.
 
-    A group or person a policy names must exist by now (restore the SITE AIP, or the
-    AIP of the community or collection that owns the group, first).
+    ``add`` checks each policy and looks up its group or person at once, so a missing
+    subject raises where it did with one insert per object, but the rows wait for
+    ``flush``, which inserts every pending row with one query. Found groups and people
+    are kept for the run; a name not found is looked up again, since a later package
+    may create it.
     """
-    obj.policies.all().delete()
-    target = object_kwargs(obj)
-    rows = []
-    for record in records:
-        if record.action is None:
-            warn(f"{source}: a policy with unknown permissions on {obj} was skipped.")
-            continue
-        subject = _policy_subject(record, resolve_handle, source=source)
-        rows.append(
-            ResourcePolicy(
-                action=record.action,
-                name=record.name or "",
-                description=record.description or "",
-                start_date=record.start_date,
-                end_date=record.end_date,
-                **subject,
-                **target,
+
+    def __init__(self, *, resolve_handle: Callable, warn: Callable[[str], None]):
+        self.resolve_handle = resolve_handle
+        self.warn = warn
+        self._rows: list[ResourcePolicy] = []
+        self._groups: dict[str, Group] = {}
+        self._people: dict[str, EPerson] = {}
+
+    def groups_load(self, records: Iterable[PolicyRecord]) -> None:
+        """Look up, with one query, the groups that ``records`` name and that this run has not found yet."""
+        names = set()
+        for record in records:
+            if record.context_class == ns.ACADEMIC_USER:
+                continue
+            exported = ns.GROUP_BY_CONTEXTCLASS.get(record.context_class) or record.group_name or ""
+            name = group_name_for_import(exported, self.resolve_handle)
+            if name and name not in self._groups:
+                names.add(name)
+        if names:
+            self._groups.update((group.name, group) for group in Group.objects.filter(name__in=names))
+
+    def replace(self, obj, records: list[PolicyRecord], *, source: str) -> None:
+        """Delete the policies ``obj`` has now and queue ``records`` in their place."""
+        obj.policies.all().delete()
+        self.add(obj, records, source=source)
+
+    def add(self, obj, records: list[PolicyRecord], *, source: str) -> None:
+        """Queue ``records`` as policies of ``obj``, which must be saved by the time of ``flush``."""
+        for record in records:
+            if record.action is None:
+                self.warn(f"{source}: a policy with unknown permissions on {obj} was skipped.")
+                continue
+            self._rows.append(
+                ResourcePolicy(
+                    action=record.action,
+                    name=record.name or "",
+                    description=record.description or "",
+                    start_date=record.start_date,
+                    end_date=record.end_date,
+                    **self._subject(record, source=source),
+                    **object_kwargs(obj),
+                )
             )
-        )
-    ResourcePolicy.objects.bulk_create(rows)
 
+    def flush(self) -> None:
+        if self._rows:
+            ResourcePolicy.objects.bulk_create(self._rows)
+        self._rows = []
 
-def _policy_subject(record: PolicyRecord, resolve_handle: Callable, *, source: str) -> dict:
-    if record.context_class == ns.ACADEMIC_USER:
-        person = _find_person(record.eperson_email, record.eperson_email)
+    def _subject(self, record: PolicyRecord, *, source: str) -> dict:
+        if record.context_class == ns.ACADEMIC_USER:
+            return {"eperson": self._person(record.eperson_email, source=source)}
+        exported = ns.GROUP_BY_CONTEXTCLASS.get(record.context_class) or record.group_name or ""
+        name = group_name_for_import(exported, self.resolve_handle)
+        group = self._groups.get(name) if name else None
+        if group is None and name:
+            group = Group.objects.filter(name=name).first()
+        if group is None:
+            raise AipError(
+                f"{source}: a policy names the group {exported!r}, which is not in this repository. Restore the "
+                "SITE AIP, or the AIP of the community or collection that owns the group, first."
+            )
+        self._groups[name] = group
+        return {"group": group}
+
+    def _person(self, email: str | None, *, source: str) -> EPerson:
+        person = self._people.get(email or "") or _find_person(email, email)
         if person is None:
             raise AipError(
-                f"{source}: a policy names the EPerson {record.eperson_email}, who is not in this repository. "
+                f"{source}: a policy names the EPerson {email}, who is not in this repository. "
                 "Restore the SITE AIP first (it carries every EPerson)."
             )
-        return {"eperson": person}
-    exported = ns.GROUP_BY_CONTEXTCLASS.get(record.context_class) or record.group_name or ""
-    name = group_name_for_import(exported, resolve_handle)
-    group = Group.objects.filter(name=name).first() if name else None
-    if group is None:
-        raise AipError(
-            f"{source}: a policy names the group {exported!r}, which is not in this repository. Restore the "
-            "SITE AIP, or the AIP of the community or collection that owns the group, first."
-        )
-    return {"group": group}
+        self._people[email or ""] = person
+        return person

@@ -1,0 +1,654 @@
+"""Measure export and restore against plain file copies, on a generated repository.
+
+Steps of a run (``benchmark_run``):
+
+1. Create a scratch PostgreSQL database on the server of the configured one,
+   migrate it and add an administrator, then copy it as a second, empty scratch
+   database for the restore.
+2. Generate the repository: one community, a collection per 1,000 items, and
+   items with metadata, policies and files of the requested size.
+3. Measure a full-site export, an export with ``updated_after`` set to the start
+   of the full export (every item is left out as unchanged), a restore of the
+   full export into the empty database, and two baselines on the same bitstream
+   files: copying each file once, and copying while computing its MD5.
+4. Drop both databases and delete the scratch folder, whatever happened.
+
+Each step runs in a child process (``python -m aip.benchmark STEP``), so its peak
+resident memory is its own: the child reads VmHWM from /proc/self/status when
+the step ends. VmHWM includes the interpreter and Django, which ``startup_rss_mb``
+reports on its own. The child counts the SQL queries of the step with a
+connection execute wrapper, and reports the wall-clock and CPU time of the step
+alone, without the start-up.
+"""
+from __future__ import annotations
+
+import cProfile
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuid_module
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+# Steps in the order a run measures them, each with the baseline its ratio compares against.
+STEPS = ("export", "incremental_export", "restore", "copy", "copy_md5")
+BASELINES = {"export": "copy", "incremental_export": "copy", "restore": "copy_md5"}
+ITEMS_PER_COLLECTION = 1000
+ADMIN_EMAIL = "benchmark@example.org"
+SITE_PACKAGE = "SITE@{prefix}-0.zip"
+CHUNK_SIZE = 1024 * 1024
+# Items are dated well before any run, so the incremental export finds none changed.
+ITEM_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class BenchmarkError(Exception):
+    """A benchmark that cannot run here, or a step that failed."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The repository a run generates and how many processes export it."""
+
+    items: int
+    files_per_item: int
+    file_size: int  # bytes
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ScratchServer:
+    """Connection values of the PostgreSQL server where the scratch databases are created."""
+
+    host: str
+    port: str
+    user: str
+    password: str
+    configured_name: str
+
+    def url(self, name: str) -> str:
+        credentials = quote(self.user, safe="")
+        if self.password:
+            credentials += ":" + quote(self.password, safe="")
+        host = self.host or "localhost"
+        port = f":{self.port}" if self.port else ""
+        return f"postgres://{credentials}@{host}{port}/{name}"
+
+
+def scratch_server(database: dict, scratch_name: str) -> ScratchServer:
+    """Return the server of ``database`` (Django's DATABASES entry), or raise when it cannot hold scratch databases."""
+    if "postgresql" not in database.get("ENGINE", ""):
+        raise BenchmarkError(
+            f"The benchmark needs PostgreSQL, and the configured database uses {database.get('ENGINE')}. "
+            "Set DATABASE_URL to a PostgreSQL server (postgres://user@host:port/name); the benchmark creates and "
+            "drops its own databases there and never writes to the configured one."
+        )
+    configured = str(database.get("NAME") or "")
+    for name in (scratch_name, f"{scratch_name}_restore"):
+        if name == configured:
+            raise BenchmarkError(
+                f"The scratch database name {name!r} is the configured database. Choose another with --scratch-name; "
+                "the benchmark drops its scratch databases when it ends."
+            )
+    if not scratch_name.replace("_", "").isalnum() or not scratch_name[0].isalpha():
+        raise BenchmarkError(
+            f"Invalid scratch database name {scratch_name!r}: use letters, digits and underscores, starting with a letter."
+        )
+    return ScratchServer(
+        host=str(database.get("HOST") or ""),
+        port=str(database.get("PORT") or ""),
+        user=str(database.get("USER") or ""),
+        password=str(database.get("PASSWORD") or ""),
+        configured_name=configured,
+    )
+
+
+# The parent process
+
+
+def benchmark_run(
+    shape: Shape,
+    *,
+    server: ScratchServer,
+    scratch_name: str,
+    work_dir: Path | None = None,
+    profile_dir: Path | None = None,
+    report=lambda message: None,
+) -> dict:
+    """Generate a repository of ``shape`` in scratch databases and folders, measure every step, and return the figures."""
+    if shape.items < 1 or shape.files_per_item < 0 or shape.file_size < 0 or shape.workers < 1:
+        raise BenchmarkError(f"Invalid shape {shape}: items and workers must be at least 1, files and size at least 0.")
+    folder = Path(tempfile.mkdtemp(prefix="aip-benchmark-", dir=work_dir))
+    restore_name = f"{scratch_name}_restore"
+    # Only databases this run created are dropped, so an existing database of that name is never touched.
+    created: list[str] = []
+    try:
+        _database_create(server, scratch_name, created)
+        child = _ChildRunner(server=server, folder=folder, profile_dir=profile_dir)
+        report(f"Preparing the scratch database {scratch_name}")
+        child.run("prepare", database=scratch_name)
+        _database_create(server, restore_name, created, template=scratch_name)
+        report(f"Generating {shape.items} items with {shape.files_per_item} file(s) of {shape.file_size} bytes")
+        generated = child.run("generate", database=scratch_name, shape=asdict(shape))
+        steps: dict[str, dict] = {}
+        try:
+            _measure(child, shape, scratch_name, restore_name, report, steps)
+        except BenchmarkError as error:
+            raise BenchmarkError(f"{error}\nSteps measured before the failure: {json.dumps(steps)}") from None
+    finally:
+        for name in reversed(created):
+            _database_drop(server, name)
+        shutil.rmtree(folder, ignore_errors=True)
+    return _summary(shape, generated, steps)
+
+
+def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report, steps: dict[str, dict]) -> None:
+    """Run the measured steps in order, adding each one's figures to ``steps`` as it ends."""
+    report("Measuring the full export")
+    steps["export"] = child.run_parallel("export", database=source, workers=shape.workers)
+    report("Measuring the incremental export")
+    steps["incremental_export"] = child.run(
+        "incremental_export", database=source, updated_after=steps["export"]["started_at"]
+    )
+    report("Measuring the restore into the empty database")
+    steps["restore"] = child.run("restore", database=target)
+    report("Measuring the file copy baselines")
+    for step in ("copy", "copy_md5"):
+        steps[step] = child.run_parallel(step, database=source, workers=shape.workers)
+        # The copies are only timed; removing them keeps a large run within the free disk.
+        shutil.rmtree(child.folder / "copies", ignore_errors=True)
+
+
+def _summary(shape: Shape, generated: dict, steps: dict[str, dict]) -> dict:
+    for name, step in steps.items():
+        baseline = BASELINES.get(name)
+        base_seconds = steps[baseline]["seconds"] if baseline else None
+        step["baseline"] = baseline
+        step["ratio_to_baseline"] = round(step["seconds"] / base_seconds, 2) if base_seconds else None
+        step["items_per_second"] = round(shape.items / step["seconds"], 1) if step["seconds"] else None
+        step["queries_per_item"] = round(step["queries"] / shape.items, 2)
+    return {
+        "shape": asdict(shape),
+        "generated": generated,
+        "incremental_export_method": "object_export with updated_after set to the start time of the full export",
+        "memory_method": "VmHWM of /proc/self/status read by each step's own child process",
+        "steps": steps,
+    }
+
+
+def _admin_connection(server: ScratchServer):
+    import psycopg
+
+    # The maintenance database "postgres", which initdb creates; the configured database may not exist yet.
+    return psycopg.connect(server.url("postgres"), autocommit=True)
+
+
+def _database_create(server: ScratchServer, name: str, created: list[str], *, template: str | None = None) -> None:
+    """Create the database ``name`` and add it to ``created``, or raise when a database of that name exists."""
+    from psycopg import sql
+
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+    with _admin_connection(server) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            raise BenchmarkError(
+                f"Database {name!r} already exists. Choose another --scratch-name, or drop {name!r} if an "
+                "interrupted benchmark left it behind."
+            )
+        connection.execute(statement)
+    created.append(name)
+
+
+def _database_drop(server: ScratchServer, name: str) -> None:
+    from psycopg import sql
+
+    with _admin_connection(server) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class _ChildRunner:
+    """Starts one child process per step and reads back the JSON result it writes."""
+
+    def __init__(self, *, server: ScratchServer, folder: Path, profile_dir: Path | None):
+        self.server = server
+        self.folder = folder
+        self.profile_dir = profile_dir
+
+    def _start(self, step: str, *, database: str, worker: int = 0, workers: int = 1, **arguments) -> tuple:
+        result_path = self.folder / f"{step}-{worker}.json"
+        arguments.update(folder=str(self.folder), worker=worker, workers=workers, result=str(result_path))
+        if self.profile_dir is not None:
+            arguments["profile"] = str(self.profile_dir / f"{step}-{worker}.prof")
+        bitstreams = "restored" if step == "restore" else "assetstore"
+        environment = dict(
+            os.environ,
+            DATABASE_URL=self.server.url(database),
+            BITSTREAM_ROOT=str(self.folder / bitstreams),
+            AIP_STORAGE_ROOT=str(self.folder / "aips"),
+            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aip.benchmark", step, json.dumps(arguments)],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return process, result_path
+
+    @staticmethod
+    def _open_gate(gate: Path, started: list) -> None:
+        """Create ``gate`` once every child has written its ready file, or one of them has ended."""
+        ready = [gate.with_name(f"{gate.stem}-{index}.ready") for index in range(len(started))]
+        while not all(path.exists() for path in ready):
+            if any(process.poll() is not None for process, _ in started):
+                break
+            time.sleep(0.01)
+        gate.touch()
+
+    @staticmethod
+    def _finish(step: str, process, result_path: Path) -> dict:
+        output, _ = process.communicate()
+        if process.returncode != 0 or not result_path.exists():
+            raise BenchmarkError(f"The benchmark step {step} failed (exit code {process.returncode}):\n{output[-4000:]}")
+        return json.loads(result_path.read_text())
+
+    def run(self, step: str, *, database: str, **arguments) -> dict:
+        process, result_path = self._start(step, database=database, **arguments)
+        return self._finish(step, process, result_path)
+
+    def run_parallel(self, step: str, *, database: str, workers: int) -> dict:
+        """Run ``workers`` children of one step at once and combine them: wall time from first start to last end.
+
+        The children wait for each other after start-up, so that the time of the slowest start-up is not counted.
+        """
+        gate = self.folder / f"{step}.go"
+        started = [
+            self._start(step, database=database, worker=index, workers=workers, gate=str(gate))
+            for index in range(workers)
+        ]
+        self._open_gate(gate, started)
+        parts = [self._finish(step, process, path) for process, path in started]
+        combined = dict(parts[0])
+        combined["started_at"] = min(part["started_at"] for part in parts)
+        combined["seconds"] = round(max(part["ended_at"] for part in parts) - combined["started_at"], 3)
+        combined["peak_rss_mb"] = max(part["peak_rss_mb"] for part in parts)
+        for total in ("queries", "packages", "bytes_read", "bytes_written", "cpu_seconds"):
+            combined[total] = sum(part.get(total, 0) for part in parts)
+        return combined
+
+
+# The generated repository
+
+GENERATE_BATCH = 500
+ITEM_FIELDS = ("dc.title", "dc.contributor.author", "dc.contributor.author", "dc.date.issued", "dc.subject", "dc.description.abstract")
+
+
+def repository_generate(shape: Shape) -> dict:
+    """Create the benchmark repository with bulk inserts and return how much it holds.
+
+    Every item has six metadata values, a READ policy for Anonymous and a WRITE
+    policy for its collection's submitters group, and one ORIGINAL bundle whose
+    files each have a READ policy. File content is random bytes (incompressible,
+    as most large files are), different in each file.
+    """
+    from django.db import transaction
+
+    from repository.changes import change_tracking_suspended
+
+    with transaction.atomic(), change_tracking_suspended():
+        generator = _Generator(shape)
+        generator.containers()
+        for start in range(0, shape.items, GENERATE_BATCH):
+            generator.items(start, min(start + GENERATE_BATCH, shape.items))
+    return {
+        "collections": len(generator.collections),
+        "items": shape.items,
+        "bitstreams": generator.bitstreams,
+        "bytes": generator.bytes,
+    }
+
+
+class _Generator:
+    def __init__(self, shape: Shape) -> None:
+        from django.conf import settings
+
+        from repository.models import BitstreamFormat, EPerson, Group
+
+        self.shape = shape
+        self.root = Path(settings.BITSTREAM_ROOT)
+        self.block = os.urandom(CHUNK_SIZE)
+        self.anonymous = Group.objects.get(name=Group.ANONYMOUS)
+        self.submitter = EPerson.objects.get(email=ADMIN_EMAIL)
+        self.format = BitstreamFormat.objects.filter(mimetype="application/octet-stream").first() or BitstreamFormat.objects.first()
+        self.fields = {name: self._field(name) for name in set(ITEM_FIELDS)}
+        self.collections: list = []
+        self.bitstreams = 0
+        self.bytes = 0
+
+    @staticmethod
+    def _field(name: str):
+        from repository.models import MetadataField, MetadataSchema
+
+        schema, element, *qualifier = name.split(".")
+        found, _ = MetadataField.objects.get_or_create(
+            schema=MetadataSchema.objects.get(short_id=schema), element=element, qualifier=qualifier[0] if qualifier else None
+        )
+        return found
+
+    def containers(self) -> None:
+        from aip.services.handles import handle_mint
+        from repository.models import Collection, Community, Group
+
+        community = Community.objects.create(handle=handle_mint("COMMUNITY"), name="Benchmark community")
+        self._title(community, community.name)
+        count = -(-self.shape.items // ITEMS_PER_COLLECTION)
+        for index in range(count):
+            collection = Collection.objects.create(
+                handle=handle_mint("COLLECTION"), community=community, name=f"Benchmark collection {index + 1:04d}"
+            )
+            # A group named after its collection, as DSpace names role groups; export writes its handle instead.
+            collection.submitters_group = Group.objects.create(name=f"COLLECTION_{collection.uuid}_SUBMIT")
+            collection.save(update_fields=["submitters_group"])
+            self._title(collection, collection.name)
+            self.collections.append(collection)
+
+    def _title(self, obj, title: str) -> None:
+        from repository.models import MetadataValue, object_kwargs
+
+        MetadataValue.objects.create(field=self.fields["dc.title"], value=title, place=0, **object_kwargs(obj))
+
+    def items(self, start: int, end: int) -> None:
+        from repository.models import Bundle, Item
+
+        handles = self._handles(end - start)
+        items = Item.objects.bulk_create(
+            Item(
+                handle=handle,
+                owning_collection=self.collections[number // ITEMS_PER_COLLECTION],
+                in_archive=True,
+                last_modified=ITEM_TIME + timedelta(seconds=number),
+                submitter=self.submitter,
+                name=f"Benchmark item {number + 1}",
+            )
+            for number, handle in zip(range(start, end), handles)
+        )
+        self._item_metadata(items)
+        bundles = []
+        if self.shape.files_per_item:
+            bundles = Bundle.objects.bulk_create(Bundle(item=item, name="ORIGINAL", position=0) for item in items)
+            self._bundle_files(bundles)
+        self._policies(items, bundles)
+
+    def _handles(self, count: int) -> list:
+        from django.conf import settings
+        from django.db.models import Max
+
+        from repository.models import Handle
+
+        prefix = settings.HANDLE_PREFIX
+        largest = Handle.objects.filter(prefix=prefix).aggregate(largest=Max("suffix_number"))["largest"] or 0
+        numbers = range(largest + 1, largest + 1 + count)
+        return Handle.objects.bulk_create(
+            Handle(handle=f"{prefix}/{n}", prefix=prefix, suffix=str(n), suffix_number=n, resource_type="ITEM")
+            for n in numbers
+        )
+
+    def _item_metadata(self, items: list) -> None:
+        from repository.models import MetadataValue
+
+        rows = []
+        for item in items:
+            texts = (item.name, "Author, First", "Author, Second", "2024-01-01", "benchmarks", f"Abstract of {item.name}.")
+            for place, (name, text) in enumerate(zip(ITEM_FIELDS, texts)):
+                rows.append(MetadataValue(field=self.fields[name], value=text, place=place, item=item))
+        MetadataValue.objects.bulk_create(rows)
+
+    def _bundle_files(self, bundles: list) -> None:
+        from repository.models import Bitstream, Bundle
+
+        rows = []
+        for bundle in bundles:
+            for position in range(self.shape.files_per_item):
+                bitstream = Bitstream(
+                    bundle=bundle,
+                    position=position,
+                    sequence_id=position + 1,
+                    name=f"file-{position + 1}.bin",
+                    format=self.format,
+                    checksum_algorithm="MD5",
+                )
+                self._file_write(bitstream)
+                rows.append(bitstream)
+        Bitstream.objects.bulk_create(rows)
+        for bundle, first in zip(bundles, rows[:: self.shape.files_per_item]):
+            bundle.primary_bitstream = first
+        Bundle.objects.bulk_update(bundles, ["primary_bitstream"])
+
+    def _file_write(self, bitstream) -> None:
+        text = str(bitstream.uuid)
+        name = f"{text[:2]}/{text[2:4]}/{text}"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.md5()
+        remaining = self.shape.file_size
+        # The UUID first makes every file's content, and so its MD5, different.
+        header = text.encode()[:remaining]
+        with path.open("wb") as target:
+            for chunk in (header, *self._body(remaining - len(header))):
+                digest.update(chunk)
+                target.write(chunk)
+        bitstream.file.name = name
+        bitstream.size_bytes = self.shape.file_size
+        bitstream.checksum = digest.hexdigest()
+        self.bitstreams += 1
+        self.bytes += self.shape.file_size
+
+    def _body(self, size: int):
+        while size > 0:
+            chunk = self.block[: min(size, CHUNK_SIZE)]
+            size -= len(chunk)
+            yield chunk
+
+    def _policies(self, items: list, bundles: list) -> None:
+        from repository.models import Bitstream, ResourcePolicy
+
+        action = ResourcePolicy.Action
+        rows = []
+        for item in items:
+            rows.append(ResourcePolicy(action=action.READ, group=self.anonymous, item=item))
+            rows.append(ResourcePolicy(action=action.WRITE, group=item.owning_collection.submitters_group, item=item))
+        rows += [ResourcePolicy(action=action.READ, group=self.anonymous, bundle=bundle) for bundle in bundles]
+        bitstreams = Bitstream.objects.filter(bundle__in=bundles).only("pk")
+        rows += [ResourcePolicy(action=action.READ, group=self.anonymous, bitstream=bitstream) for bitstream in bitstreams]
+        ResourcePolicy.objects.bulk_create(rows)
+
+
+# The child process
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident set size (VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise BenchmarkError("/proc/self/status has no VmHWM line; peak memory cannot be measured on this system.")
+
+
+class _QueryCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+def _child_main(step: str, arguments: dict) -> None:
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    _gate_wait(arguments)
+    startup_rss = peak_rss_mb()
+    cpu_before = os.times()
+    counter = _QueryCounter()
+    profiler = cProfile.Profile() if arguments.get("profile") else None
+    started_at = time.time()
+    with connection.execute_wrapper(counter):
+        if profiler:
+            profiler.enable()
+        figures = CHILD_STEPS[step](arguments)
+        if profiler:
+            profiler.disable()
+    ended_at = time.time()
+    cpu_after = os.times()
+    if profiler:
+        profiler.dump_stats(arguments["profile"])
+    figures.update(
+        started_at=started_at,
+        ended_at=ended_at,
+        seconds=round(ended_at - started_at, 3),
+        cpu_seconds=round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 3),
+        queries=counter.count,
+        peak_rss_mb=peak_rss_mb(),
+        startup_rss_mb=startup_rss,
+    )
+    Path(arguments["result"]).write_text(json.dumps(figures))
+
+
+def _gate_wait(arguments: dict) -> None:
+    """Tell the parent this child is ready, and wait until the parent opens the gate of a parallel step."""
+    if not arguments.get("gate"):
+        return
+    gate = Path(arguments["gate"])
+    gate.with_name(f"{gate.stem}-{arguments['worker']}.ready").touch()
+    while not gate.exists():
+        time.sleep(0.01)
+
+
+def _step_prepare(arguments: dict) -> dict:
+    from django.core.management import call_command
+
+    from aip.selectors import site_get
+    from repository.services import administrator_create
+
+    call_command("migrate", verbosity=0)
+    site_get()
+    administrator_create(email=ADMIN_EMAIL, password=uuid_module.uuid4().hex)
+    return {}
+
+
+def _step_generate(arguments: dict) -> dict:
+    return repository_generate(Shape(**arguments["shape"]))
+
+
+def _site_package(folder: Path) -> Path:
+    from django.conf import settings
+
+    return folder / "export" / SITE_PACKAGE.format(prefix=settings.HANDLE_PREFIX)
+
+
+def _step_export(arguments: dict) -> dict:
+    from aip.options import ExportOptions
+    from aip.selectors import site_get
+    from aip.services.export import object_export
+
+    path = _site_package(Path(arguments["folder"]))
+    options = ExportOptions(recursive=True)
+    if arguments["workers"] == 1:
+        result = object_export(obj=site_get(), path=path, options=options)
+        return {"packages": len(result.packages), "bytes_written": result.bytes_written}
+    return _export_share(path, options, worker=arguments["worker"], workers=arguments["workers"])
+
+
+def _export_share(site_path: Path, options, *, worker: int, workers: int) -> dict:
+    """Write this worker's share of a full export: worker 0 the containers, every worker every n-th item."""
+    from dataclasses import replace
+
+    from aip.selectors import package_file_name, site_get
+    from aip.services.export import package_write
+    from repository.models import Collection, Community, Item
+
+    single = replace(options, recursive=False)
+    objects = []
+    if worker == 0:
+        objects = [site_get(), *Community.objects.select_related("handle"), *Collection.objects.select_related("handle")]
+    items = Item.objects.filter(in_archive=True).select_related("handle").order_by("pk")
+    objects += [item for index, item in enumerate(items.iterator()) if index % workers == worker]
+    written = 0
+    for obj in objects:
+        path = site_path if obj.object_type == "SITE" else site_path.parent / package_file_name(obj)
+        package_write(obj=obj, path=path, options=single)
+        written += path.stat().st_size
+    return {"packages": len(objects), "bytes_written": written}
+
+
+def _step_incremental_export(arguments: dict) -> dict:
+    from aip.options import ExportOptions
+    from aip.selectors import site_get
+    from aip.services.export import object_export
+
+    updated_after = datetime.fromtimestamp(arguments["updated_after"], tz=timezone.utc)
+    full = _site_package(Path(arguments["folder"]))
+    path = full.parent.parent / "incremental" / full.name
+    options = ExportOptions(recursive=True, updated_after=updated_after)
+    result = object_export(obj=site_get(), path=path, options=options)
+    return {"packages": len(result.packages), "unchanged": len(result.unchanged), "bytes_written": result.bytes_written}
+
+
+def _step_restore(arguments: dict) -> dict:
+    from aip.options import IngestOptions
+    from aip.services.ingest import package_ingest
+
+    options = IngestOptions(restore=True, replace=True, recursive=True)
+    report = package_ingest(path=_site_package(Path(arguments["folder"])), options=options, eperson_email=ADMIN_EMAIL)
+    return {"packages": len(report.created) + len(report.replaced), "bytes_written": report.bytes_stored}
+
+
+def _bitstream_files(worker: int, workers: int) -> list[Path]:
+    from django.conf import settings
+
+    root = Path(settings.BITSTREAM_ROOT)
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    return files[worker::workers]
+
+
+def _copy_files(arguments: dict, *, with_md5: bool) -> dict:
+    target_dir = Path(arguments["folder"]) / "copies" / str(arguments["worker"])
+    target_dir.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for index, source in enumerate(_bitstream_files(arguments["worker"], arguments["workers"])):
+        digest = hashlib.md5() if with_md5 else None
+        with source.open("rb") as reader, (target_dir / str(index)).open("wb") as writer:
+            while chunk := reader.read(CHUNK_SIZE):
+                if digest is not None:
+                    digest.update(chunk)
+                writer.write(chunk)
+                copied += len(chunk)
+    return {"bytes_read": copied, "bytes_written": copied}
+
+
+CHILD_STEPS = {
+    "prepare": _step_prepare,
+    "generate": _step_generate,
+    "export": _step_export,
+    "incremental_export": _step_incremental_export,
+    "restore": _step_restore,
+    "copy": lambda arguments: _copy_files(arguments, with_md5=False),
+    "copy_md5": lambda arguments: _copy_files(arguments, with_md5=True),
+}
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], json.loads(sys.argv[2]))
