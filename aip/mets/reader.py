@@ -30,7 +30,7 @@ from datetime import date, datetime, timezone
 
 from lxml import etree
 
-from aip.errors import InvalidPackageError
+from aip.errors import InvalidPackageError, UnsafePackageError
 from aip.mets import namespaces as ns
 from aip.mets.model import (
     AdminMetadata,
@@ -60,6 +60,8 @@ LICENSE_TYPES = {name.upper(): name for name in ("DSpaceDepositLicense", "Creati
 ADMIN_SECTION_TAGS = ("techMD", "rightsMD", "sourceMD", "digiprovMD")
 
 DIGITS_PATTERN = re.compile(r"[0-9]+")
+# A URI scheme ("file:", "http:") or a drive letter ("C:"): an href that names something other than a zip entry.
+SCHEME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -108,6 +110,7 @@ def read_manifest(data: bytes, *, source: str) -> PackageManifest:
     if root.tag != _mets("mets"):
         raise InvalidPackageError(f"{source}: the root element is {root.tag!r}, expected the METS element 'mets'.")
     document = _Document(source, _index_ids(root, source))
+    _check_hrefs(root, source)
     profile = _read_profile(root, document)
     object_type = _read_object_type(root, document)
 
@@ -207,6 +210,31 @@ def _index_ids(root: etree._Element, source: str) -> dict[str, etree._Element]:
             raise InvalidPackageError(f"{source}: the ID {element_id!r} is used by more than one element.")
         elements_by_id[element_id] = element
     return elements_by_id
+
+
+def _check_hrefs(root: etree._Element, source: str) -> None:
+    """Reject URL hrefs of files, metadata references and child packages that leave the package.
+
+    File and metadata hrefs name zip entries, and child package hrefs name files in the
+    folder of the package, so none may be absolute, climb with "..", or carry a scheme.
+    """
+    for element in root.iter(_mets("FLocat"), _mets("mdRef"), _mets("mptr")):
+        href = _href_or_none(element)
+        if href is None or _loctype(element) != "URL":
+            continue
+        parts = href.replace("\\", "/").split("/")
+        outside = (
+            href.startswith(("/", "\\")) or ".." in parts or "\x00" in href or SCHEME_PATTERN.match(href) is not None
+        )
+        if _local_name(element) == "mptr":
+            # A child package is a file beside its parent, so even a plain subfolder is outside.
+            if outside or len(parts) != 1:
+                raise UnsafePackageError(f"Package {source} references a child outside its folder: {href!r}.")
+        elif outside:
+            raise UnsafePackageError(
+                f"Package {source}: {_describe(element)} references {href!r}, which is outside the package. "
+                "File references must name entries of the package."
+            )
 
 
 def _read_profile(root: etree._Element, document: _Document) -> str:

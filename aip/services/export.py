@@ -5,6 +5,13 @@ its relations), serialize the manifest as METS, then write the zip with the
 manifest first and the bitstream files streamed from storage. With
 ``recursive``, every descendant follows, named by DSpace's rule and written into
 the folder of the top package.
+
+An export resumes: a package whose file already contains exactly what would be
+written (same manifest bytes, same entries with the expected sizes and MD5s) is
+kept as it is. Because packages are deterministic, rerunning a killed export
+writes only the packages that are missing or changed, and the folder ends up as
+a fresh export would leave it. Temporary files that killed exports of this host
+left behind are deleted first.
 """
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from aip import selectors
 from aip.mets.writer import WriterContext, build_mets
 from aip.options import ExportOptions
 from aip.mets.validation import validate_manifest
-from aip.package import PackageEntry, write_manifest_only, write_package
+from aip.package import PackageEntry, package_matches, partial_files_sweep, write_manifest_only, write_package
 from aip.errors import AipError
-from aip.services.manifests import UnreadableBitstreamError, manifest_for
+from aip.services.locks import read_snapshot
+from aip.services.manifests import UnreadableBitstreamError, items_prefetch_ahead, manifest_for
 from repository.models import Bitstream, Item
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ PRODUCER = "aip-backup"
 class ExportResult:
     packages: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)  # items left out by updatedAfter
+    # Packages (also in ``packages``) whose existing file already contained what would be written.
+    kept: list[Path] = field(default_factory=list)
     bytes_written: int = 0
     seconds: float = 0.0
 
@@ -80,11 +90,25 @@ def _unchanged(obj, options: ExportOptions) -> bool:
 
 def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
     """Write the AIP of ``obj`` (without its descendants) to ``path``."""
+    _package_export(obj=obj, path=path, options=options, resume=False)
+    return path
+
+
+def _package_export(*, obj, path: Path, options: ExportOptions, resume: bool) -> bool:
+    """Write the AIP of ``obj`` to ``path`` and return True, or with ``resume`` return False if the file matches."""
+    # One snapshot per package, so that the manifest shows its object at one moment while people edit it.
+    with read_snapshot():
+        return _package_export_now(obj=obj, path=path, options=options, resume=resume)
+
+
+def _package_export_now(*, obj, path: Path, options: ExportOptions, resume: bool) -> bool:
     content = manifest_for(obj, options)
     manifest = build_mets(content.manifest, writer_context(content.premis_urls))
     if options.validate and settings.AIP_SCHEMA_DIR:
         validate_manifest(manifest, schema_dir=settings.AIP_SCHEMA_DIR, source=path.name)
     entries = [_entry(name, bitstream) for name, bitstream in content.files]
+    if resume and _package_current(path, manifest, entries, manifest_only=options.manifest_only):
+        return False
     try:
         if options.manifest_only:
             write_manifest_only(path, manifest=manifest)
@@ -95,7 +119,13 @@ def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
             f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
             "and that no folder has that name."
         ) from error
-    return path
+    return True
+
+
+def _package_current(path: Path, manifest: bytes, entries: list[PackageEntry], *, manifest_only: bool) -> bool:
+    if manifest_only:
+        return path.is_file() and path.read_bytes() == manifest
+    return package_matches(path, manifest=manifest, entries=entries)
 
 
 def object_export(
@@ -104,6 +134,9 @@ def object_export(
     """Export ``obj`` to ``path`` and, when recursive, every descendant into the same folder."""
     started = time.monotonic()
     result = ExportResult()
+    if path.parent.is_dir():
+        for leftover in partial_files_sweep(path.parent):
+            logger.info("deleted %s, left by a killed export", leftover)
     pending = [(obj, path)]
     written: set[Path] = set()
     while pending:
@@ -115,10 +148,9 @@ def object_export(
         if _unchanged(current, options):
             result.unchanged.append(current_path)
         else:
-            package_write(obj=current, path=current_path, options=options)
-            result.packages.append(current_path)
-            result.bytes_written += current_path.stat().st_size
-            logger.info("exported %s to %s", current.handle_string or current.uuid, current_path)
+            # Items are read in batches with the next ones on the stack: a few queries per batch, not per item.
+            items_prefetch_ahead(current, (item for item, _ in reversed(pending) if not _unchanged(item, options)))
+            _package_done(current, current_path, options, result)
             if progress:
                 progress(current_path)
         if options.recursive:
@@ -128,3 +160,14 @@ def object_export(
                 pending.append((child, path.parent / selectors.package_file_name(child, options.extension)))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _package_done(obj, path: Path, options: ExportOptions, result: ExportResult) -> None:
+    """Write the package of ``obj``, unless the file at ``path`` already contains it, and record which it was."""
+    result.packages.append(path)
+    if not _package_export(obj=obj, path=path, options=options, resume=True):
+        result.kept.append(path)
+        logger.info("kept %s: it already contains the package of %s", path, obj.handle_string or obj.uuid)
+        return
+    result.bytes_written += path.stat().st_size
+    logger.info("exported %s to %s", obj.handle_string or obj.uuid, path)

@@ -26,7 +26,7 @@ from aip.options import IngestOptions
 from aip.mets.validation import schema_dir_or_error, validate_manifest
 from aip.package import package_open
 from aip.progress import Progress, package_count_estimate
-from aip.services.bitstream_ingest import StoredFiles
+from aip.services.bitstream_ingest import StoredFiles, ingest_runs_sweep, package_preflight
 from aip.services.handles import handle_assign
 from aip.services.object_ingest import ObjectIngester
 from repository.changes import change_tracking_suspended
@@ -67,6 +67,8 @@ class _Pending:
     parent_handle: str | None  # explicit parent (-p), top package only
     listed_by: Collection | None  # collection whose AIP listed this package
     is_top: bool
+    # Packages from the top down to the one that listed this package, to catch a tree with a cycle.
+    ancestors: tuple[Path, ...] = ()
 
 
 def package_ingest(
@@ -84,6 +86,8 @@ def package_ingest(
     """
     started = time.monotonic()
     report = IngestReport()
+    # Files of runs killed before they could clean up go first, so a rerun leaves no orphans.
+    ingest_runs_sweep()
     stored = StoredFiles()
     if progress is not None:
         progress.total(package_count_estimate(path, recursive=options.recursive))
@@ -98,6 +102,8 @@ def package_ingest(
     except BaseException:
         stored.delete_all()
         raise
+    finally:
+        stored.close()
     report.files_stored = len(stored.names)
     report.bytes_stored = stored.bytes
     report.seconds = time.monotonic() - started
@@ -120,7 +126,8 @@ class _IngestRun:
         self.objects = ObjectIngester(
             options=options, stored=stored, current_user=current_user, warn=self.warn
         )
-        self.done: dict[Path, object] = {}
+        # Model and primary key, not the object: a run over many packages must not keep them all in memory.
+        self.done: dict[Path, tuple[type, int]] = {}
         self.site_aliases: set[str] = set()
 
     def warn(self, message: str) -> None:
@@ -133,7 +140,9 @@ class _IngestRun:
             pending = stack.pop()
             if pending.path in self.done:
                 # A package listed again (an item mapped into several collections) is ingested once.
-                self._map_into(self.done[pending.path], pending.listed_by)
+                model, pk = self.done[pending.path]
+                if model is Item and pending.listed_by is not None:
+                    self._map_into(Item.objects.get(pk=pk), pending.listed_by)
                 continue
             result = self._ingest_path(pending, replace_handle if pending.is_top else None)
             if self.progress is not None:
@@ -141,13 +150,19 @@ class _IngestRun:
             if result.obj is None:
                 # Skipped for a missing parent: a later listing (its owner's) may still ingest it.
                 continue
-            self.done[pending.path] = result.obj
+            self.done[pending.path] = (type(result.obj), result.obj.pk)
             self._map_into(result.obj, pending.listed_by)
             if self.options.recursive and result.follow_children:
                 listed_by = result.obj if isinstance(result.obj, Collection) else None
+                ancestors = (*pending.ancestors, pending.path)
                 for href in reversed(result.children):
                     child_path = child_package_path(pending.path, href)
-                    stack.append(_Pending(path=child_path, parent_handle=None, listed_by=listed_by, is_top=False))
+                    cycle_check(child_path, ancestors)
+                    stack.append(
+                        _Pending(
+                            path=child_path, parent_handle=None, listed_by=listed_by, is_top=False, ancestors=ancestors
+                        )
+                    )
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
         if not pending.is_top and not pending.path.exists():
@@ -163,6 +178,7 @@ class _IngestRun:
             manifest = read_manifest(data, source=pending.path.name)
             if self.options.validate:
                 validate_manifest(data, schema_dir=schema_dir_or_error(), source=pending.path.name)
+            package_preflight(reader, manifest, source=pending.path.name, warn=self.warn)
             return self._ingest_manifest(reader, manifest, pending, replace_handle)
 
     def _ingest_manifest(self, reader, manifest, pending: _Pending, replace_handle: str | None) -> _Result:
@@ -254,6 +270,17 @@ class _Result:
     obj: object
     children: list[str]
     follow_children: bool
+
+
+def cycle_check(child_path: Path, ancestors: tuple[Path, ...]) -> None:
+    """Raise when ``child_path`` is one of the packages that lead to it, so the package tree has a cycle."""
+    if child_path not in ancestors:
+        return
+    chain = " lists ".join(path.name for path in (*ancestors[ancestors.index(child_path):], child_path))
+    raise InvalidPackageError(
+        f"Package {ancestors[-1].name} lists {child_path.name} as a child, but {child_path.name} is itself "
+        f"above it in the package tree ({chain}). The package tree has a cycle; fix the child package references."
+    )
 
 
 def child_package_path(parent_path: Path, href: str) -> Path:

@@ -522,6 +522,8 @@ def _export_run(job: Job, recorder: _Recorder) -> str:
     recorder.events += _export_drafts(result)
 
     unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
+    # Packages already complete from an earlier, interrupted run of the same export are kept, not rewritten.
+    unchanged += f", {len(result.kept)} complete package(s) already there kept" if result.kept else ""
     recorder.lines([
         f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
         f"in {result.seconds:.1f} s into {place}{unchanged}"

@@ -96,7 +96,7 @@ def lock_wait_seconds() -> float:
 def handle_keys(handle: str, *, exclusive: bool) -> list[LockKey]:
     """Return the lock on ``handle`` and shared locks on the handles of its ancestors, up to the site."""
     keys = [LockKey(f"handle:{handle}", exclusive)]
-    obj = selectors.object_by_handle(handle)
+    obj = _object_without_site_creation(handle)
     seen = {handle}
     while obj is not None:
         parent = selectors.parent_handle_of(obj)
@@ -104,8 +104,19 @@ def handle_keys(handle: str, *, exclusive: bool) -> list[LockKey]:
             break
         seen.add(parent)
         keys.append(LockKey(f"handle:{parent}"))
-        obj = selectors.object_by_handle(parent)
+        obj = _object_without_site_creation(parent)
     return keys
+
+
+def _object_without_site_creation(handle: str):
+    """Return the object of ``handle``; the site (which has no ancestors) is not looked up.
+
+    ``object_by_handle`` creates a missing site, and locks are taken outside the run's
+    transaction, so that row would survive a failed restore.
+    """
+    if handle == selectors.site_handle():
+        return None
+    return selectors.object_by_handle(handle)
 
 
 def file_key(storage: str, path: str | Path, *, exclusive: bool) -> LockKey:

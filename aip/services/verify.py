@@ -34,7 +34,7 @@ from aip.mets.reader import read_manifest
 from aip.mets.validation import SchemaUnavailableError, load_schema, schema_dir_or_error, validate_manifest
 from aip.package import MANIFEST_NAME, ManifestOnlyReader, PackageReader, md5_of, package_open
 from aip.progress import Progress, package_count_estimate
-from aip.services.bitstream_ingest import is_placeholder
+from aip.services.bitstream_ingest import is_placeholder, manifest_xml_references, xml_reference_check
 from aip.services.ingest import child_package_path
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,16 @@ def tree_verify(
 
     read: list[_PackageFacts] = []
     visited: set[Path] = set()
-    pending = [path]
+    # Each package with the packages above it, to report a tree with a cycle.
+    pending: list[tuple[Path, tuple[Path, ...]]] = [(path, ())]
     while pending:
-        current = pending.pop()
+        current, ancestors = pending.pop()
+        if current in ancestors:
+            report.problem(
+                f"{ancestors[-1].name}: child package {current.name} is above it in the package tree, "
+                "so the package tree has a cycle."
+            )
+            continue
         if current in visited:
             # An item mapped into several collections is listed by each of them.
             continue
@@ -124,7 +131,8 @@ def tree_verify(
             continue
         read.append(_facts(current.name, manifest))
         if recursive:
-            pending.extend(reversed(_child_paths(current, manifest, report)))
+            below = (*ancestors, current)
+            pending.extend((child, below) for child in reversed(_child_paths(current, manifest, report)))
 
     _parents_verify(read, report)
     report.seconds = time.monotonic() - started
@@ -152,6 +160,7 @@ def _package_verify(path: Path, *, schema_dir: str | None, report: VerifyReport)
             if manifest is not None:
                 entry_names = reader.entry_names()
                 referenced = _files_verify(reader, manifest, entry_names, path.name, report)
+                _xml_references_verify(reader, manifest, path.name, report)
                 if entry_names is not None:
                     _unlisted_entries_warn(entry_names - referenced, path.name, report)
             return manifest
@@ -290,6 +299,17 @@ def _unchecked_digests(record: FileRecord) -> list[str]:
 
 def _is_md5(algorithm: str | None) -> bool:
     return (algorithm or "MD5").upper() == "MD5"
+
+
+def _xml_references_verify(reader, manifest: PackageManifest, name: str, report: VerifyReport) -> None:
+    for href in manifest_xml_references(manifest):
+        try:
+            xml_reference_check(reader, href, source=name)
+        except AipError as error:
+            report.problem(str(error))
+        except ZIP_READ_ERRORS:
+            # _files_verify has reported the damaged entry already.
+            pass
 
 
 def _unlisted_entries_warn(unlisted: set[str], name: str, report: VerifyReport) -> None:

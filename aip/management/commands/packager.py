@@ -117,6 +117,8 @@ class Command(BaseCommand):
         finally:
             progress.close()
         unchanged = f", {len(result.unchanged)} unchanged item(s) left out" if result.unchanged else ""
+        # Packages already complete from an earlier, interrupted run of the same export are kept, not rewritten.
+        unchanged += f", {len(result.kept)} complete package(s) already there kept" if result.kept else ""
         self.stdout.write(
             f"Exported {len(result.packages)} package(s), {result.bytes_written} bytes, "
             f"in {result.seconds:.1f} s into {path.parent}{unchanged}"
