@@ -17,6 +17,9 @@ TEST_DATABASE_URL := postgres://postgres@127.0.0.1:5432/aip_backup
 
 # Extra pytest arguments, for example: make test PYTEST_ARGS="tests/repository -x"
 PYTEST_ARGS ?=
+# pytest-xdist processes; each test file runs whole on one of them, with its own test database
+# (test_<name>_gw0, ...). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 # Redis of `make web`, `make worker` and `make scheduler` when REDIS_URL is unset or empty.
 DEV_REDIS_URL := redis://127.0.0.1:6379/0
@@ -35,7 +38,7 @@ demo: venv
 	$(VENV_PYTHON) manage.py aip_demo
 
 test: venv
-	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" $(VENV_PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Development servers, one per terminal; they share DATABASE_URL (SQLite under var/ when unset) and Redis.
 web: venv

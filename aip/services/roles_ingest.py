@@ -42,6 +42,8 @@ class RolesIngester:
         self.resolve_handle = resolve_handle
         self.warn = warn
         self.changes: list[str] = []
+        # People of the Administrator group before a replace emptied it, so that the log names who changed.
+        self.administrators_before: set[int] = set()
 
     def apply(self, roles: RolesRecord, *, owner=None, is_site: bool = False, source: str) -> None:
         for person in roles.people:
@@ -67,9 +69,10 @@ class RolesIngester:
                 existing.save(update_fields=["uuid"])
                 self.changes.append(f"EPerson {existing} runs this restore: account kept as it is, UUID taken from the AIP")
                 return
+            password_changed = bool(record.password_hash) and record.password_hash != existing.password_hash
             _person_fields(existing, record)
             existing.save()
-            self.changes.append(f"EPerson {existing} updated")
+            self.changes.append(f"EPerson {existing} updated{' (password changed)' if password_changed else ''}")
             return
         person = EPerson(uuid=free_uuid(EPerson, record.id) or uuid_module.uuid4())
         _person_fields(person, record)
@@ -99,6 +102,8 @@ class RolesIngester:
                     f"Group {name} already exists. A site AIP restores into a fresh installation with "
                     "-r -f (replace mode), or with -r -k to keep existing people and groups."
                 )
+            if group.name == Group.ADMINISTRATOR:
+                self.administrators_before = set(group.members.values_list("pk", flat=True))
             group.members.clear()
             group.member_groups.clear()
             _take_uuid(group, record.id)
@@ -122,7 +127,17 @@ class RolesIngester:
             people.append(person)
         if group.name == Group.ADMINISTRATOR:
             people.append(self.current_user)
+            self._administrators_report(people)
         group.members.add(*people)
+
+    def _administrators_report(self, people: list[EPerson]) -> None:
+        """List each person the package makes an administrator and each it removes, for the job log."""
+        for person in {person.pk: person for person in people}.values():
+            if person.pk not in self.administrators_before:
+                self.changes.append(f"EPerson {person} made an administrator")
+        kept = {person.pk for person in people}
+        for person in EPerson.objects.filter(pk__in=self.administrators_before - kept):
+            self.changes.append(f"EPerson {person} is no longer an administrator")
 
     def _member_groups(self, group: Group, record: GroupRecord) -> None:
         for exported_name in record.member_group_names:
