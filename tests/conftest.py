@@ -11,7 +11,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.core.files.storage import FileSystemStorage, storages
 
-from repository.models import Bitstream
+from repository.models import Bitstream, Group, MetadataSchema
 
 seed_registry = importlib.import_module("repository.migrations.0002_registry").seed_registry
 
@@ -67,10 +67,11 @@ def bitstream_storage(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _registry_after_flush(request):
-    """Seed the registries and system groups again for tests that commit.
+    """Seed the registries and system groups again when a test that commits has emptied them.
 
-    Such tests end by emptying every table, which also removes the rows a data
-    migration created, so each one starts by creating them again.
+    A test that commits ends by emptying every table, which also removes the rows a
+    data migration created. Such tests run last in one process, but with pytest-xdist a
+    process may run other test files after them, so every database test checks.
     """
     marker = request.node.get_closest_marker("django_db")
     commits = bool(marker and marker.kwargs.get("transaction")) or any(
@@ -78,4 +79,9 @@ def _registry_after_flush(request):
     )
     if commits:
         request.getfixturevalue("transactional_db")
+    elif marker is not None or "db" in request.fixturenames:
+        request.getfixturevalue("db")
+    else:
+        return
+    if not (Group.objects.filter(name=Group.ADMINISTRATOR).exists() and MetadataSchema.objects.exists()):
         seed_registry(django_apps, None)
