@@ -51,7 +51,9 @@ class TerminalProgress:
         self.objects_done = 0
         self.bytes_done = 0
         self.started = time.monotonic()
-        self.last_draw = 0.0
+        # A run shorter than one interval prints no progress line, only its summary.
+        self.last_draw = self.started
+        self.drawn = False
 
     def total(self, objects: int) -> None:
         self.objects_total = objects
@@ -72,12 +74,13 @@ class TerminalProgress:
 
     def close(self) -> None:
         """End the bar's line, so that the summary that follows starts on a line of its own."""
-        if self.is_terminal and self.last_draw:
+        if self.is_terminal and self.drawn:
             self._draw()
             self.stream.write("\n")
             self.stream.flush()
 
     def _draw(self) -> None:
+        self.drawn = True
         text = self._status()
         if not self.is_terminal:
             self.stream.write(f"  {text}\n")
