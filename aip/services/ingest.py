@@ -233,9 +233,10 @@ class _IngestRun:
                 "or run with -o skipIfParentMissing=true."
             )
         if not isinstance(parent, PARENT_TYPES[manifest.object_type]):
+            allowed = " or ".join(model.__name__.upper() for model in PARENT_TYPES[manifest.object_type])
             raise InvalidPackageError(
                 f"Package {source}: {manifest.object_type} packages cannot be placed under {parent.object_type} "
-                f"{handle}."
+                f"{handle}. Give the handle of a {allowed} with -p (in restore mode with -o ignoreParent=true)."
             )
         return parent
 

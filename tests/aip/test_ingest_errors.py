@@ -973,7 +973,8 @@ def test_submit_keeps_original(submit_run):
 def test_submit_item_under_community_fails(item_package, bitstream_storage):
     state = before(bitstream_storage)
 
-    with pytest.raises(CommandError, match=re.escape(f"cannot be placed under COMMUNITY {item_package.community}")):
+    expected = f"cannot be placed under COMMUNITY {item_package.community}. Give the handle of a COLLECTION with -p"
+    with pytest.raises(CommandError, match=re.escape(expected)):
         packager("-s", "-p", item_package.community, str(item_package.path))
 
     assert database_snapshot() == state.database
