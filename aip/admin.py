@@ -23,6 +23,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from aip import selectors
+from aip.admin_readonly import ReadOnlyAdminMixin
 from aip.admin_views import (
     JOB_PERMISSIONS,
     eperson_email,
@@ -71,8 +72,9 @@ class _FirstEventsFormSet(admin.options.BaseInlineFormSet):
         return super().get_queryset()[:EVENTS_SHOWN]
 
 
-class JobEventInline(admin.TabularInline):
+class JobEventInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The audit trail of one job, read-only, under its log."""
+    view_permission = "aip.view_job"
 
     model = JobEvent
     formset = _FirstEventsFormSet
@@ -82,21 +84,9 @@ class JobEventInline(admin.TabularInline):
     can_delete = False
     verbose_name_plural = f"Audit trail (first {EVENTS_SHOWN} events)"
 
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("aip.view_job")
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id", "kind", "state_label", "progress", "eperson_email", "user", "target", "started_at", "finished_at"
     )
@@ -123,15 +113,6 @@ class JobAdmin(admin.ModelAdmin):
         css = {"all": ("aip/jobs.css",)}
 
     # --- permissions ---------------------------------------------------------------------------
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_run_permission(self, request) -> bool:
         """Tell whether the user may start any kind of job; retry and cancel then check the kind of each job."""
@@ -548,8 +529,9 @@ def _saved_upload(upload) -> str:
 
 
 @admin.register(JobEvent)
-class JobEventAdmin(admin.ModelAdmin):
+class JobEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Every job's audit trail in one list: who did what to which object, when, and how it ended."""
+    view_permission = "aip.view_job"
 
     list_display = ("at", "job_link", "action", "actor", "object_type", "handle", "uuid", "package", "detail")
     list_filter = ("action", "object_type", "job__kind")
@@ -558,21 +540,6 @@ class JobEventAdmin(admin.ModelAdmin):
     date_hierarchy = "at"
     fields = ("job_link", "at", "action", "actor", "object_type", "handle", "uuid", "package", "detail")
     readonly_fields = fields
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("aip.view_job")
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.has_perm("aip.view_job")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="job", ordering="job")
     def job_link(self, event: JobEvent) -> str:

@@ -10,6 +10,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
+from aip.admin_readonly import ReadOnlyAdminMixin
 from aip.errors import AipError
 from aip.models import Backup, BackupSchedule, FixityProblem, FixityRun
 from aip.services.schedules import (
@@ -71,7 +72,7 @@ def _as_validation_error(check, value: str) -> str:
         raise ValidationError(str(error)) from None
 
 
-class BackupInline(admin.TabularInline):
+class BackupInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The schedule's backups, newest first, read-only."""
 
     model = Backup
@@ -84,15 +85,6 @@ class BackupInline(admin.TabularInline):
     show_change_link = False
     ordering = ("-snapshot_at", "-id")
     verbose_name_plural = "Backups (newest first)"
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="folder")
     def folder_link(self, backup: Backup) -> str:
@@ -172,7 +164,7 @@ class BackupScheduleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Backup)
-class BackupAdmin(admin.ModelAdmin):
+class BackupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("folder", "schedule", "storage", "handle", *BACKUP_COLUMNS[1:], "job_link")
     list_filter = ("state", "incremental", "storage", "schedule")
     search_fields = ("folder", "handle", "schedule__name")
@@ -183,15 +175,6 @@ class BackupAdmin(admin.ModelAdmin):
         "finished_at", "packages", "packages_written", "packages_copied", "size",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="size", ordering="bytes")
     def size(self, backup: Backup) -> str:
@@ -208,29 +191,19 @@ def _backup_link(backup: Backup) -> str:
     return format_html('<a href="{}">{}</a>', reverse("admin:aip_backup_change", args=[backup.pk]), backup.folder)
 
 
-class FixityProblemInline(admin.TabularInline):
+class FixityProblemInline(ReadOnlyAdminMixin, admin.TabularInline):
+    view_permission = "aip.view_backup"
     model = FixityProblem
     fields = ("source", "kind", "location", "expected", "actual", "detail")
     readonly_fields = fields
     extra = 0
     can_delete = False
 
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("aip.view_backup")
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(FixityRun)
-class FixityRunAdmin(admin.ModelAdmin):
+class FixityRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Fixity runs (``manage.py aip_fixity``), each with the files that changed, went missing or were unreadable."""
+    view_permission = "aip.view_backup"
 
     list_display = ("id", "started_at", "finished_at", "share", "first_slot", "state", "files_checked",
                     "size_checked", "problem_count")
@@ -241,46 +214,17 @@ class FixityRunAdmin(admin.ModelAdmin):
     readonly_fields = fields
     inlines = (FixityProblemInline,)
 
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("aip.view_backup")
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.has_perm("aip.view_backup")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
     @admin.display(description="size checked", ordering="bytes_checked")
     def size_checked(self, run: FixityRun) -> str:
         return filesizeformat(run.bytes_checked)
 
 
 @admin.register(FixityProblem)
-class FixityProblemAdmin(admin.ModelAdmin):
+class FixityProblemAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    view_permission = "aip.view_backup"
     list_display = ("run", "source", "kind", "location", "expected", "actual", "detail")
     list_filter = ("kind", "source")
     search_fields = ("location", "detail")
     list_select_related = ("run",)
     fields = ("run", "source", "kind", "location", "expected", "actual", "detail")
     readonly_fields = fields
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.has_perm("aip.view_backup")
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.has_perm("aip.view_backup")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
