@@ -282,7 +282,7 @@ class PackageReader:
         if file_type not in ALLOWED_FILE_TYPES or (file_type == stat.S_IFDIR and not info.is_dir()):
             kind = "a symbolic link" if file_type == stat.S_IFLNK else f"a special file (mode {file_type:#o})"
             raise UnsafePackageError(
-                f"Package {self.path} has an entry {info.filename!r} that is {kind}; an AIP holds only plain files."
+                f"Package {self.path} has an entry {info.filename!r} that is {kind}; an AIP contains only plain files."
             )
         if info.flag_bits & 0x1:
             raise UnsafePackageError(
@@ -444,7 +444,7 @@ def md5_of(stream: BinaryIO) -> tuple[str, int]:
 
 
 def package_matches(path: Path, *, manifest: bytes, entries: list[PackageEntry]) -> bool:
-    """Tell whether the zip at ``path`` holds exactly ``manifest`` and ``entries``, so rewriting it changes nothing.
+    """Tell whether the zip at ``path`` contains exactly ``manifest`` and ``entries``, so rewriting it changes nothing.
 
     The manifest bytes must be equal, and each entry must have the name, order,
     size and MD5 expected. Reading the entries lets zipfile check each CRC-32 too,

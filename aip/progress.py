@@ -28,7 +28,7 @@ class Progress(Protocol):
 def package_count_estimate(path: Path, *, recursive: bool) -> int:
     """Estimate how many packages a run over ``path`` reads: every package in its folder when recursive.
 
-    NOTE: a folder that holds more than one tree gives a total larger than the run reads.
+    NOTE: a folder that contains more than one tree gives a total larger than the run reads.
     """
     if not recursive:
         return 1

@@ -142,8 +142,8 @@ class Item(DSpaceObject):
     discoverable = models.BooleanField(default=True)
     # Set by the services, not on every save: a restore brings back the AIP's value.
     last_modified = models.DateTimeField(db_index=True)
-    # Unlike last_modified, which a restore takes from the package, this is when the item's
-    # package last changed in this installation, ingest included; incremental backups compare it.
+    # When the item's package last changed in this installation, ingest included. Incremental
+    # backups compare it, because a restore sets last_modified back to the package's value.
     changed_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     submitter = models.ForeignKey(
         "EPerson", null=True, blank=True, on_delete=models.SET_NULL, related_name="submitted_items"

@@ -283,7 +283,7 @@ def jobs_reap(*, stale_after: timedelta) -> list[int]:
     """Mark failed the jobs whose worker or queue entry was lost, and return their ids.
 
     A running job is lost when its heartbeat is older than ``stale_after``; a queued
-    one when it has waited that long and Redis no longer holds its RQ job.
+    one when it has waited that long and Redis no longer has its RQ job.
     """
     limit = timezone.now() - stale_after
     reaped = []
@@ -304,7 +304,7 @@ def jobs_reap(*, stale_after: timedelta) -> list[int]:
 
 
 def _lost_queued_reap(limit) -> list[int]:
-    """Mark failed the queued jobs that Redis no longer holds (Redis restarted or was flushed)."""
+    """Mark failed the queued jobs that Redis no longer has (Redis restarted or was flushed)."""
     if not settings.REDIS_URL:
         return []
     reaped = []
@@ -435,7 +435,7 @@ class _Recorder:
         error = audit.redact(error)
         if state == Job.State.SUCCEEDED:
             # The total of an ingest or verify is an estimate (every package of the folder); a finished
-            # run knows the real one.
+            # run has counted the real one.
             with self.lock:
                 self.objects_total = self.objects_done
         if error:

@@ -59,10 +59,12 @@ def test_terminal_progress_redraws_one_line(monkeypatch):
 
     text = out.getvalue()
     assert text.count("\r") == 3
-    assert text.endswith("\n") and text.count("\n") == 1
+    assert text.endswith("\n")
+    assert text.count("\n") == 1
     last = text.split("\r")[-1]
     assert "read 2/2 packages" in last
-    assert "[" + "#" * 10 in last and " " not in last[1:last.index("]")]
+    assert "[" + "#" * 10 in last
+    assert " " not in last[1:last.index("]")]
 
 
 def test_packager_export_lists_each_package_at_verbosity_two(demo, tmp_path):

@@ -158,7 +158,7 @@ class Command(BaseCommand):
         )
 
     def _progress(self, verb: str) -> TerminalProgress:
-        """A bar on a terminal; in a log, a plain line now and then (and one per package with -v 2)."""
+        """Return a progress bar for a terminal, or for a log a plain line now and then (one per package with -v 2)."""
         stream = _UnendedOutput(self.stdout)
         return TerminalProgress(stream, verb=verb, is_terminal=self.stdout.isatty(), every_package=self.verbosity >= 2)
 
