@@ -18,13 +18,20 @@ def _split(handle: str) -> tuple[str, str, int | None]:
     return prefix, suffix, int(suffix) if suffix.isdigit() else None
 
 
+def handle_new(handle: str, resource_type: str) -> Handle:
+    """Return an unsaved registry row for ``handle``, which no row has yet."""
+    prefix, suffix, number = _split(handle)
+    return Handle(handle=handle, prefix=prefix, suffix=suffix, suffix_number=number, resource_type=resource_type)
+
+
 def handle_register(handle: str, resource_type: str) -> Handle:
     """Return the registry row for a restored handle, which must not be bound to another object."""
-    prefix, suffix, number = _split(handle)
-    record, created = Handle.objects.get_or_create(
-        handle=handle,
-        defaults={"prefix": prefix, "suffix": suffix, "suffix_number": number, "resource_type": resource_type},
-    )
+    record = Handle.objects.filter(handle=handle).first()
+    created = record is None
+    if created:
+        # Another run inserting the same handle meanwhile makes this insert fail and this run roll back.
+        record = handle_new(handle, resource_type)
+        record.save(force_insert=True)
     if not created and _is_bound(record):
         raise ObjectExistsError(f"Handle {handle} is already in use by another object.")
     if not created and record.resource_type != resource_type:

@@ -127,7 +127,9 @@ class _IngestRun:
             options=options, stored=stored, current_user=current_user, warn=self.warn
         )
         # Model and primary key, not the object: a run over many packages must not keep them all in memory.
-        self.done: dict[Path, tuple[type, int]] = {}
+        # An item waiting in the batch has no primary key yet; the batch reports it when inserted.
+        self.done: dict[Path, tuple[type, int | None]] = {}
+        self.objects.batch.on_flush = self._item_inserted
         self.site_aliases: set[str] = set()
 
     def warn(self, message: str) -> None:
@@ -142,7 +144,8 @@ class _IngestRun:
                 # A package listed again (an item mapped into several collections) is ingested once.
                 model, pk = self.done[pending.path]
                 if model is Item and pending.listed_by is not None:
-                    self._map_into(Item.objects.get(pk=pk), pending.listed_by)
+                    item = self.objects.batch.waiting(pending.path) or Item.objects.get(pk=pk)
+                    self._map_into(item, pending.listed_by)
                 continue
             result = self._ingest_path(pending, replace_handle if pending.is_top else None)
             if self.progress is not None:
@@ -151,6 +154,8 @@ class _IngestRun:
                 # Skipped for a missing parent: a later listing (its owner's) may still ingest it.
                 continue
             self.done[pending.path] = (type(result.obj), result.obj.pk)
+            if result.obj.pk is None:
+                self.objects.batch.track(pending.path, result.obj)
             self._map_into(result.obj, pending.listed_by)
             if self.options.recursive and result.follow_children:
                 listed_by = result.obj if isinstance(result.obj, Collection) else None
@@ -163,6 +168,10 @@ class _IngestRun:
                             path=child_path, parent_handle=None, listed_by=listed_by, is_top=False, ancestors=ancestors
                         )
                     )
+        self.objects.batch.flush()
+
+    def _item_inserted(self, path: Path, item: Item) -> None:
+        self.done[path] = (Item, item.pk)
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
         if not pending.is_top and not pending.path.exists():
@@ -185,6 +194,7 @@ class _IngestRun:
         source = pending.path.name
         children = [child.href for child in manifest.children if child.href]
         if manifest.object_type == "SITE":
+            self.objects.batch.flush()
             site = self.objects.site_ingest(reader, manifest, source=source)
             if manifest.handle:
                 self.site_aliases.add(manifest.handle)
@@ -197,6 +207,12 @@ class _IngestRun:
         parent = self._resolve_parent(manifest, pending.parent_handle, source=source)
         if parent is None:
             return _Result(obj=None, children=[], follow_children=False)
+        if manifest.object_type == "ITEM" and not pending.is_top and self.objects.item_is_new(manifest):
+            obj = self.objects.item_create_waiting(reader, manifest, parent=parent, source=source)
+            self.report.created.append(f"ITEM {obj.handle_string}")
+            return _Result(obj=obj, children=children, follow_children=True)
+        # What follows reads or writes rows the waiting items may need or collide with.
+        self.objects.batch.flush()
         existing = self._existing_object(manifest, replace_handle, source=source)
         label = f"{manifest.object_type} {manifest.handle or manifest.uuid}"
         if existing is not None:
@@ -263,7 +279,7 @@ class _IngestRun:
 
     def _map_into(self, obj, collection: Collection | None) -> None:
         if isinstance(obj, Item) and collection is not None and obj.owning_collection_id != collection.pk:
-            obj.mapped_collections.add(collection)
+            self.objects.batch.map_into(obj, collection.pk)
 
 
 @dataclass

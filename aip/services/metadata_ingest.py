@@ -59,8 +59,13 @@ def values_replace(obj, values: list[DimValue], registry: FieldRegistry, *, sour
     """
     if existing:
         obj.metadata.all().delete()
+    MetadataValue.objects.bulk_create(value_rows(obj, values, registry, source=source))
+
+
+def value_rows(obj, values: list[DimValue], registry: FieldRegistry, *, source: str) -> list[MetadataValue]:
+    """Return unsaved metadata values of ``obj``, one per DIM value, in order."""
     target = object_kwargs(obj)
-    rows = [
+    return [
         MetadataValue(
             field=registry.field(value, source=source),
             value=value.value,
@@ -72,7 +77,6 @@ def values_replace(obj, values: list[DimValue], registry: FieldRegistry, *, sour
         )
         for place, value in enumerate(values)
     ]
-    MetadataValue.objects.bulk_create(rows)
 
 
 def container_values(obj, values: list[DimValue]) -> list[DimValue]:

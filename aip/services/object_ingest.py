@@ -5,7 +5,7 @@ import uuid as uuid_module
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from aip import selectors
@@ -15,10 +15,12 @@ from aip.options import IngestOptions
 from aip.package import PackageReader
 from aip.services import bitstream_ingest
 from aip.services.bitstream_ingest import FormatRegistry, StoredFiles
-from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, values_replace
+from aip.services.handles import handle_new
+from aip.services.item_batch import ItemBatch
+from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, value_rows, values_replace
 from aip.services.roles_ingest import PolicyWriter, RolesIngester, free_uuid
 from repository.installation import submission_record
-from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Item, Site, bitstream_storage
+from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Handle, Item, Site, bitstream_storage
 from repository.workflow import item_install, workflow_start
 
 MODELS = {"COMMUNITY": Community, "COLLECTION": Collection, "ITEM": Item}
@@ -47,6 +49,8 @@ class ObjectIngester:
             current_user=current_user, mode=mode, resolve_handle=self.resolve_handle, warn=warn
         )
         self.policies = PolicyWriter(resolve_handle=self.resolve_handle, warn=warn)
+        self.batch = ItemBatch(policies=self.policies, keep_file_uuids=options.restore)
+        self._batching = options.restore and not options.ignore_handle and ItemBatch.supported()
         # Objects found by handle, and UUIDs that ``by_uuid`` found free, so that a run reads each once.
         self._by_handle: dict[str, object] = {}
         self._free_uuids: set[tuple[type, uuid_module.UUID]] = set()
@@ -80,6 +84,38 @@ class ObjectIngester:
             self._free_uuids.add((MODELS[object_type], value))
         return found
 
+    def item_is_new(self, manifest: PackageManifest) -> bool:
+        """Tell whether an item package may wait in the batch: restored with its own handle and UUID, both unused.
+
+        One query checks both; an item that exists, or has roles to apply, takes the path of other packages.
+        """
+        if not self._batching or not manifest.handle or self._roles_apply(manifest):
+            return False
+        try:
+            value = uuid_module.UUID(manifest.uuid or "")
+        except ValueError:
+            return False
+        if manifest.handle in self.batch.handles or value in self.batch.uuids:
+            return False
+        uuid_field = Item._meta.get_field("uuid")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {Handle._meta.db_table} WHERE handle = %s) "
+                f"OR EXISTS (SELECT 1 FROM {Item._meta.db_table} WHERE uuid = %s)",
+                [manifest.handle, uuid_field.get_db_prep_value(value, connection)],
+            )
+            taken = cursor.fetchone()[0]
+        if taken:
+            return False
+        self._free_uuids.add((Item, value))
+        return True
+
+    def item_create_waiting(self, reader: PackageReader, manifest: PackageManifest, *, parent: Collection, source: str):
+        """Create a new item whose rows wait in the batch; ``item_is_new`` must have said yes."""
+        return self.create(
+            reader, manifest, parent=parent, handle=handle_new(manifest.handle, "ITEM"), source=source, waiting=True
+        )
+
     def _new_uuid(self, model, manifest_uuid: str | None) -> uuid_module.UUID:
         """Keep the package's UUID on restore when it is free; submit always mints a new one."""
         if not self.options.restore:
@@ -96,7 +132,7 @@ class ObjectIngester:
 
     # Creation
 
-    def create(self, reader: PackageReader, manifest: PackageManifest, *, parent, handle, source: str):
+    def create(self, reader: PackageReader, manifest: PackageManifest, *, parent, handle, source: str, waiting=False):
         model = MODELS[manifest.object_type]
         obj = model(uuid=self._new_uuid(model, manifest.uuid), handle=handle)
         if isinstance(obj, Community):
@@ -115,7 +151,7 @@ class ObjectIngester:
         if obj.handle_string and not isinstance(obj, Item):
             # Containers only: they are the parents later packages name, and items would make the cache grow with the run.
             self._by_handle[obj.handle_string] = obj
-        self._fill(obj, reader, manifest, source=source)
+        self._fill(obj, reader, manifest, source=source, waiting=waiting)
         if isinstance(obj, Item) and not self.options.restore:
             self._submit(obj, parent)
         return obj
@@ -165,10 +201,11 @@ class ObjectIngester:
                 transaction.on_commit(lambda name=bitstream.file.name: storage.delete(name))
             bitstream.delete()
 
-    def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
+    def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str, waiting=False) -> None:
         """Apply the package's sections in DSpace's order: roles, metadata, technical metadata, files, policies.
 
         ``obj`` is new or emptied by ``replace``: it has no metadata values, policies or files to delete first.
+        With ``waiting`` a new item's rows stay in the batch, to be inserted with those of other items.
         """
         if self._roles_apply(manifest):
             self.roles.apply(manifest.admin.roles, owner=obj, source=source)
@@ -176,26 +213,36 @@ class ObjectIngester:
             self.policies.groups_load(_policy_records(manifest))
         values = self._descriptive_values(manifest.descriptive, source=source)
         if isinstance(obj, Item):
-            mapped = []
-            if self.reads("AIP-TECHMD"):
-                mapped = self._item_techmd(obj, manifest.admin.techmd_dim or [], source=source)
-            obj.name = first_title(values)
-            obj.save()
-            if mapped:
-                obj.mapped_collections.add(*mapped)
-            values_replace(obj, values, self.fields, source=source, existing=False)
-            self._item_files(obj, reader, manifest, source=source)
-        else:
-            stored_values = container_values(obj, values)
-            values_replace(obj, stored_values, self.fields, source=source, existing=False)
-            obj.name = first_title(stored_values)
-            self._logo(obj, reader, manifest.logo, source=source)
-            if isinstance(obj, Collection) and manifest.template_descriptive:
-                self._template(obj, manifest.template_descriptive, source=source)
-            obj.save()
+            self._item_fill(obj, reader, manifest, values, source=source, waiting=waiting)
+            return
+        stored_values = container_values(obj, values)
+        values_replace(obj, stored_values, self.fields, source=source, existing=False)
+        obj.name = first_title(stored_values)
+        self._logo(obj, reader, manifest.logo, source=source)
+        if isinstance(obj, Collection) and manifest.template_descriptive:
+            self._template(obj, manifest.template_descriptive, source=source)
+        obj.save()
         if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
             self.policies.add(obj, manifest.admin.policies, source=source)
         self.policies.flush()
+
+    def _item_fill(self, item: Item, reader, manifest: PackageManifest, values, *, source: str, waiting: bool) -> None:
+        """Gather the rows of an item in a batch entry; insert them now unless ``waiting``."""
+        mapped = []
+        if self.reads("AIP-TECHMD"):
+            mapped = self._item_techmd(item, manifest.admin.techmd_dim or [], source=source)
+        item.name = first_title(values)
+        if not waiting:
+            item.save()
+        entry = self.batch.start(item, source=source, handle=item.handle if waiting else None)
+        entry.mapped_into = [collection.pk for collection in mapped]
+        entry.values = value_rows(item, values, self.fields, source=source)
+        self._item_files(item, reader, manifest, entry, source=source)
+        if manifest.admin.policies is not None and self.reads("METSRIGHTS"):
+            self.policies.add(item, manifest.admin.policies, source=source)
+        self.batch.end(entry)
+        if not waiting:
+            self.batch.flush()
 
     def _roles_apply(self, manifest: PackageManifest) -> bool:
         return manifest.admin.roles is not None and self.reads("DSPACE-ROLES")
@@ -241,31 +288,25 @@ class ObjectIngester:
             )
         return person
 
-    def _item_files(self, item: Item, reader: PackageReader, manifest: PackageManifest, *, source: str) -> None:
-        """Create the bundles and bitstreams of an item with one insert each, then queue their policies."""
-        bundles = Bundle.objects.bulk_create(
+    def _item_files(self, item: Item, reader: PackageReader, manifest: PackageManifest, entry, *, source: str) -> None:
+        """Store the files of an item, add its bundles and bitstreams to ``entry``, then queue their policies."""
+        bundles = [
             Bundle(item=item, name=BUNDLE_ALIASES.get(record.name, record.name), position=position)
             for position, record in enumerate(manifest.bundles)
-        )
-        uuids = self._file_uuids(manifest)
+        ]
+        entry.bundles = bundles
         files_by_bundle: list[list[tuple[Bitstream, FileRecord]]] = []
-        with_primary = []
         for bundle, record in zip(bundles, manifest.bundles):
             files = []
             for index, file_record in enumerate(record.files):
-                bitstream = self._bitstream(reader, file_record, uuids, bundle=bundle, position=index, source=source)
+                bitstream = self._bitstream(reader, file_record, bundle=bundle, position=index, source=source)
                 if bitstream is None:
                     continue
                 files.append((bitstream, file_record))
                 if file_record.id == manifest.primary_file_id:
-                    bundle.primary_bitstream = bitstream
-            if bundle.primary_bitstream is not None:
-                with_primary.append(bundle)
+                    entry.primaries.append((bundle, bitstream))
             files_by_bundle.append(files)
-
-        Bitstream.objects.bulk_create([bitstream for files in files_by_bundle for bitstream, _ in files])
-        if with_primary:
-            Bundle.objects.bulk_update(with_primary, ["primary_bitstream"])
+        entry.bitstreams = [bitstream for files in files_by_bundle for bitstream, _ in files]
         if not self.reads("METSRIGHTS"):
             return
         for bundle, record, files in zip(bundles, manifest.bundles, files_by_bundle):
@@ -275,30 +316,20 @@ class ObjectIngester:
             if record.admin.policies is not None:
                 self.policies.add(bundle, record.admin.policies, source=source)
 
-    def _file_uuids(self, manifest: PackageManifest) -> dict[str, uuid_module.UUID]:
-        """Return the UUID each file of ``manifest`` gets: on restore its own when free, else a new one."""
-        stated = {}
-        for record in (file for bundle in manifest.bundles for file in bundle.files):
-            try:
-                stated[record.id] = uuid_module.UUID((record.id or "").removeprefix("bitstream_"))
-            except ValueError:
-                continue
-        taken = set()
-        if self.options.restore and stated:
-            taken = set(Bitstream.objects.filter(uuid__in=stated.values()).values_list("uuid", flat=True))
-        uuids = {}
-        for file_id, value in stated.items():
-            if self.options.restore and value not in taken:
-                uuids[file_id] = value
-                taken.add(value)
-        return uuids
+    def _bitstream(self, reader, record: FileRecord, *, bundle, position: int, source: str) -> Bitstream | None:
+        """Store the file of ``record`` and return its unsaved bitstream, or None for an empty placeholder.
 
-    def _bitstream(self, reader, record: FileRecord, uuids, *, bundle, position: int, source: str) -> Bitstream | None:
-        """Store the file of ``record`` and return its unsaved bitstream, or None for an empty placeholder."""
+        The bitstream has the file's own UUID when the package states one; the batch replaces
+        it by a new one on submit, or when another bitstream has it.
+        """
         if bitstream_ingest.is_placeholder(reader, record):
             self.warn(f"{source}: file {record.href} is an empty placeholder for unreadable content; skipped.")
             return None
-        bitstream = Bitstream(uuid=uuids.get(record.id) or uuid_module.uuid4(), bundle=bundle, position=position)
+        try:
+            stated = uuid_module.UUID((record.id or "").removeprefix("bitstream_"))
+        except ValueError:
+            stated = uuid_module.uuid4()
+        bitstream = Bitstream(uuid=stated, bundle=bundle, position=position)
         bitstream_ingest.apply_technical_metadata(bitstream, record, self.formats)
         bitstream_ingest.store_file(reader, record, bitstream, self.stored, source=source)
         return bitstream

@@ -248,6 +248,11 @@ class PolicyWriter:
                 )
             )
 
+    def take(self) -> list[ResourcePolicy]:
+        """Return the queued rows and forget them, for a caller that inserts them itself."""
+        rows, self._rows = self._rows, []
+        return rows
+
     def flush(self) -> None:
         if self._rows:
             ResourcePolicy.objects.bulk_create(self._rows)
