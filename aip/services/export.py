@@ -18,7 +18,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from aip.mets.validation import validate_manifest
 from aip.package import PackageEntry, package_matches, partial_files_sweep, write_manifest_only, write_package
 from aip.errors import AipError
 from aip.services.locks import read_snapshot
-from aip.services.manifests import UnreadableBitstreamError, items_prefetch_ahead, manifest_for
+from aip.services.manifests import UnreadableBitstreamError, items_prefetch_ahead, items_prefetched, manifest_for
 from repository.models import Bitstream, Item
 
 logger = logging.getLogger(__name__)
@@ -96,30 +98,80 @@ def package_write(*, obj, path: Path, options: ExportOptions) -> Path:
 
 def _package_export(*, obj, path: Path, options: ExportOptions, resume: bool) -> bool:
     """Write the AIP of ``obj`` to ``path`` and return True, or with ``resume`` return False if the file matches."""
+    return _package_prepare(obj=obj, path=path, options=options, resume=resume)()
+
+
+def _package_prepare(*, obj, path: Path, options: ExportOptions, resume: bool) -> Callable[[], bool]:
+    """Read ``obj`` and build its manifest now; return the step that writes the package, which reads no row."""
+    if items_prefetched(obj):
+        # Its rows were all read in the snapshot of its batch.
+        return _package_build(obj=obj, path=path, options=options, resume=resume)
     # One snapshot per package, so that the manifest shows its object at one moment while people edit it.
     with read_snapshot():
-        return _package_export_now(obj=obj, path=path, options=options, resume=resume)
+        return _package_build(obj=obj, path=path, options=options, resume=resume)
 
 
-def _package_export_now(*, obj, path: Path, options: ExportOptions, resume: bool) -> bool:
+def _package_build(*, obj, path: Path, options: ExportOptions, resume: bool) -> Callable[[], bool]:
     content = manifest_for(obj, options)
     manifest = build_mets(content.manifest, writer_context(content.premis_urls))
     if options.validate and settings.AIP_SCHEMA_DIR:
         validate_manifest(manifest, schema_dir=settings.AIP_SCHEMA_DIR, source=path.name)
     entries = [_entry(name, bitstream) for name, bitstream in content.files]
-    if resume and _package_current(path, manifest, entries, manifest_only=options.manifest_only):
-        return False
-    try:
-        if options.manifest_only:
-            write_manifest_only(path, manifest=manifest)
-        else:
-            write_package(path, manifest=manifest, entries=entries, last_modified=content.manifest.last_modified)
-    except OSError as error:
-        raise AipError(
-            f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
-            "and that no folder has that name."
-        ) from error
-    return True
+    last_modified = content.manifest.last_modified
+
+    def write() -> bool:
+        if resume and _package_current(path, manifest, entries, manifest_only=options.manifest_only):
+            return False
+        try:
+            if options.manifest_only:
+                write_manifest_only(path, manifest=manifest)
+            else:
+                write_package(path, manifest=manifest, entries=entries, last_modified=last_modified)
+        except OSError as error:
+            raise AipError(
+                f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
+                "and that no folder has that name."
+            ) from error
+        return True
+
+    return write
+
+
+class _PackageWriter:
+    """Writes packages in a second thread while the main thread reads and describes the next objects.
+
+    zlib, MD5 over large buffers and file I/O release the GIL, so the zip of one
+    package is written while the database rows of the next are read. At most
+    ``WAITING`` packages wait, which bounds memory. Results come back in order; the
+    first failed write is raised in the main thread, and writes not started yet are
+    dropped.
+    """
+
+    WAITING = 4
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aip-package-writer")
+        self._waiting: deque[tuple[Future, Callable[[bool], None]]] = deque()
+
+    def submit(self, write: Callable[[], bool], on_done: Callable[[bool], None]) -> None:
+        self._waiting.append((self._pool.submit(write), on_done))
+        while len(self._waiting) > self.WAITING:
+            self._finish_oldest()
+
+    def drain(self) -> None:
+        while self._waiting:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        future, on_done = self._waiting.popleft()
+        on_done(future.result())
+
+    def __enter__(self) -> _PackageWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # After a failure the queued writes are cancelled. A running write ends and publishes a whole package or none.
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _package_current(path: Path, manifest: bytes, entries: list[PackageEntry], *, manifest_only: bool) -> bool:
@@ -139,35 +191,45 @@ def object_export(
             logger.info("deleted %s, left by a killed export", leftover)
     pending = [(obj, path)]
     written: set[Path] = set()
-    while pending:
-        current, current_path = pending.pop()
-        # An item mapped into several collections is listed by each of them but written once.
-        if current_path in written:
-            continue
-        written.add(current_path)
-        if _unchanged(current, options):
-            result.unchanged.append(current_path)
-        else:
-            # Items are read in batches with the next ones on the stack: a few queries per batch, not per item.
-            items_prefetch_ahead(current, (item for item, _ in reversed(pending) if not _unchanged(item, options)))
-            _package_done(current, current_path, options, result)
-            if progress:
-                progress(current_path)
-        if options.recursive:
-            children = selectors.children_of(current)
-            # Reversed so that the stack pops children in package order.
-            for child in reversed(children):
-                pending.append((child, path.parent / selectors.package_file_name(child, options.extension)))
+    with _PackageWriter() as writer:
+        while pending:
+            current, current_path = pending.pop()
+            # An item mapped into several collections is listed by each of them but written once.
+            if current_path in written:
+                continue
+            written.add(current_path)
+            if _unchanged(current, options):
+                result.unchanged.append(current_path)
+            else:
+                # Items are read in batches with the next ones on the stack: a few queries per batch, not per item.
+                items_prefetch_ahead(current, (item for item, _ in reversed(pending) if not _unchanged(item, options)))
+                _package_queue(writer, current, current_path, options, result, progress)
+            if options.recursive:
+                children = selectors.children_of(current)
+                # Reversed so that the stack pops children in package order.
+                for child in reversed(children):
+                    pending.append((child, path.parent / selectors.package_file_name(child, options.extension)))
+        writer.drain()
     result.seconds = time.monotonic() - started
     return result
 
 
-def _package_done(obj, path: Path, options: ExportOptions, result: ExportResult) -> None:
-    """Write the package of ``obj``, unless the file at ``path`` already contains it, and record which it was."""
-    result.packages.append(path)
-    if not _package_export(obj=obj, path=path, options=options, resume=True):
-        result.kept.append(path)
-        logger.info("kept %s: it already contains the package of %s", path, obj.handle_string or obj.uuid)
-        return
-    result.bytes_written += path.stat().st_size
-    logger.info("exported %s to %s", obj.handle_string or obj.uuid, path)
+def _package_queue(
+    writer: _PackageWriter, obj, path: Path, options: ExportOptions, result: ExportResult, progress
+) -> None:
+    """Describe ``obj`` now and queue the write of its package, which is recorded (written or kept) once done."""
+    write = _package_prepare(obj=obj, path=path, options=options, resume=True)
+    label = obj.handle_string or obj.uuid
+
+    def on_done(written: bool) -> None:
+        result.packages.append(path)
+        if written:
+            result.bytes_written += path.stat().st_size
+            logger.info("exported %s to %s", label, path)
+        else:
+            result.kept.append(path)
+            logger.info("kept %s: it already contains the package of %s", path, label)
+        if progress:
+            progress(path)
+
+    writer.submit(write, on_done)

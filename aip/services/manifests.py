@@ -27,6 +27,7 @@ from aip.mets.model import (
 )
 from aip.mets.writer import derivative_group_id
 from aip.services import roles
+from aip.services.locks import read_snapshot
 from aip.errors import AipError
 from aip.options import ExportOptions
 from repository.models import (
@@ -293,9 +294,20 @@ def items_prefetch(items: list[Item]) -> None:
     instances, so a caller prefetches a bounded batch at a time and drops the items after
     writing them.
     """
-    items = [item for item in items if not hasattr(item, _EXPORT_NAMES)]
+    items = [item for item in items if not items_prefetched(item)]
     if not items:
         return
+    # One snapshot for the batch, so that each item's package shows it at one moment while people edit it.
+    with read_snapshot():
+        _items_read(items)
+
+
+def items_prefetched(obj) -> bool:
+    """Tell whether ``items_prefetch`` read the relations of ``obj``, so that its manifest reads nothing more."""
+    return hasattr(obj, _EXPORT_NAMES)
+
+
+def _items_read(items: list[Item]) -> None:
     policies = ResourcePolicy.objects.select_related("group", "eperson")
     bitstreams = Bitstream.objects.select_related("format").prefetch_related(Prefetch("policies", queryset=policies))
     bundles = Bundle.objects.order_by("position", "id").prefetch_related(
@@ -331,7 +343,7 @@ def items_prefetch_ahead(current, upcoming: Iterable, *, batch_size: int = PREFE
     ``upcoming`` lists the objects to be exported next, in order; taking at most
     ``batch_size`` items bounds the memory the prefetched relations use.
     """
-    if not isinstance(current, Item) or hasattr(current, _EXPORT_NAMES):
+    if not isinstance(current, Item) or items_prefetched(current):
         return
     batch = [current]
     for obj in upcoming:
@@ -353,7 +365,7 @@ def _item_group_names(item: Item) -> list[str]:
 
 def _item_with_relations(item: Item) -> Item:
     """Return ``item`` with its relations read, reading it again unless ``items_prefetch`` already did."""
-    if hasattr(item, _EXPORT_NAMES):
+    if items_prefetched(item):
         return item
     item = Item.objects.select_related("handle", "submitter", "owning_collection__handle").get(pk=item.pk)
     items_prefetch([item])

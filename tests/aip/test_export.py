@@ -16,6 +16,9 @@ from aip.errors import InvalidPackageError
 from aip.mets.model import PackageManifest
 from aip.mets.reader import read_manifest
 from aip.mets.validation import validate_manifest
+from aip.options import ExportOptions
+from aip.selectors import site_get
+from aip.services.export import object_export
 from repository.models import Bitstream, Collection, Community, EPerson, Group, Item, ResourcePolicy
 from tests.aip.conftest import ADMIN_EMAIL, export_site, manifest_text, package_bytes, packager
 
@@ -669,3 +672,21 @@ def test_export_unauthorized_zero(embargoed_item, export_dir):
         assert archive.read(record.href) == b""
     assert record.size == 0
     assert record.admin.premis.size == 0
+
+
+def test_progress_follows_finished_packages(demo, export_dir):
+    finished = []
+
+    def progress(path: Path) -> None:
+        # The package is written in another thread, and must be whole when its progress is reported.
+        with zipfile.ZipFile(path) as archive:
+            assert archive.testzip() is None
+        finished.append(path)
+
+    result = object_export(
+        obj=site_get(), path=export_dir / "SITE@123456789-0.zip", options=ExportOptions(recursive=True), progress=progress
+    )
+
+    assert finished == result.packages
+    assert len(finished) == 16
+    assert sorted(path.name for path in finished) == files_in(export_dir)
