@@ -38,8 +38,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 # Steps in the order a run measures them, each with the baseline its ratio compares against.
-STEPS = ("export", "incremental_export", "restore", "copy", "copy_md5")
-BASELINES = {"export": "copy", "incremental_export": "copy", "restore": "copy_md5"}
+STEPS = ("export", "incremental_export", "full_backup", "incremental_backup", "restore", "copy", "copy_md5")
+BASELINES = {
+    "export": "copy",
+    "incremental_export": "copy",
+    # A backup is compared with the full export: the incremental target is a share of it.
+    "full_backup": "export",
+    "incremental_backup": "export",
+    "restore": "copy_md5",
+}
 ITEMS_PER_COLLECTION = 1000
 ADMIN_EMAIL = "benchmark@example.org"
 SITE_PACKAGE = "SITE@{prefix}-0.zip"
@@ -157,6 +164,9 @@ def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report
     steps["incremental_export"] = child.run(
         "incremental_export", database=source, updated_after=steps["export"]["started_at"]
     )
+    report("Measuring a full backup, then an incremental backup with nothing changed")
+    steps["full_backup"] = child.run("full_backup", database=source)
+    steps["incremental_backup"] = child.run("incremental_backup", database=source)
     report("Measuring the restore into the empty database")
     steps["restore"] = child.run("restore", database=target)
     report("Measuring the file copy baselines")
@@ -178,6 +188,8 @@ def _summary(shape: Shape, generated: dict, steps: dict[str, dict]) -> dict:
         "shape": asdict(shape),
         "generated": generated,
         "incremental_export_method": "object_export with updated_after set to the start time of the full export",
+        "backup_method": "backup jobs of one incremental schedule, run in the step's process: a full one, then one "
+        "with nothing changed, which copies the item packages of the first",
         "memory_method": "VmHWM of /proc/self/status read by each step's own child process",
         "steps": steps,
     }
@@ -230,6 +242,8 @@ class _ChildRunner:
         bitstreams = "restored" if step == "restore" else "assetstore"
         environment = dict(
             os.environ,
+            # Jobs run in the child itself, so that a backup step times the backup and not a queue.
+            REDIS_URL="",
             DATABASE_URL=self.server.url(database),
             BITSTREAM_ROOT=str(self.folder / bitstreams),
             AIP_STORAGE_ROOT=str(self.folder / "aips"),
@@ -607,6 +621,50 @@ def _step_incremental_export(arguments: dict) -> dict:
     return {"packages": len(result.packages), "unchanged": len(result.unchanged), "bytes_written": result.bytes_written}
 
 
+BACKUP_SCHEDULE = "benchmark"
+
+
+def _step_full_backup(arguments: dict) -> dict:
+    from aip.models import BackupSchedule
+
+    schedule = BackupSchedule.objects.create(
+        name=BACKUP_SCHEDULE, handle="", recursive=True, incremental=True, storage="aips", folder="backups", keep=2,
+        eperson_email=ADMIN_EMAIL,
+    )
+    return _backup_run(schedule)
+
+
+def _step_incremental_backup(arguments: dict) -> dict:
+    from aip.models import BackupSchedule
+
+    return _backup_run(BackupSchedule.objects.get(name=BACKUP_SCHEDULE))
+
+
+def _backup_run(schedule) -> dict:
+    """Run one backup of ``schedule`` in this process, as a worker would, and return its counts."""
+    from django.utils import timezone
+
+    from aip.models import Backup, Job
+    from aip.services.schedules import backup_start
+
+    # Backup folders are named to the second; a second backup within the same second takes the next one.
+    latest = Backup.objects.filter(schedule=schedule).order_by("-snapshot_at").first()
+    when = timezone.now()
+    if latest is not None and when - latest.snapshot_at < timedelta(seconds=1):
+        when = latest.snapshot_at + timedelta(seconds=1)
+    job = backup_start(schedule, when=when)
+    job.refresh_from_db()
+    if job.state != Job.State.SUCCEEDED:
+        raise BenchmarkError(f"Backup job {job.pk} ended {job.state}: {job.error}")
+    backup = job.backup
+    return {
+        "packages": backup.packages,
+        "packages_written": backup.packages_written,
+        "packages_copied": backup.packages_copied,
+        "bytes_written": backup.bytes,
+    }
+
+
 def _step_restore(arguments: dict) -> dict:
     from aip.options import IngestOptions
     from aip.services.ingest import package_ingest
@@ -644,6 +702,8 @@ CHILD_STEPS = {
     "generate": _step_generate,
     "export": _step_export,
     "incremental_export": _step_incremental_export,
+    "full_backup": _step_full_backup,
+    "incremental_backup": _step_incremental_backup,
     "restore": _step_restore,
     "copy": lambda arguments: _copy_files(arguments, with_md5=False),
     "copy_md5": lambda arguments: _copy_files(arguments, with_md5=True),

@@ -65,6 +65,16 @@ def test_benchmark_incremental_export_leaves_items_out(figures):
     assert incremental["packages"] == 3
 
 
+def test_benchmark_incremental_backup_copies_items(figures):
+    full = figures["steps"]["full_backup"]
+    incremental = figures["steps"]["incremental_backup"]
+    assert full["packages_written"] == ITEMS + 3
+    assert incremental["packages"] == ITEMS + 3
+    assert incremental["packages_copied"] == ITEMS
+    assert incremental["packages_written"] == 3
+    assert incremental["baseline"] == "export"
+
+
 def test_benchmark_ratios_compare_with_baselines(figures):
     steps = figures["steps"]
     assert steps["export"]["baseline"] == "copy"
@@ -75,7 +85,7 @@ def test_benchmark_ratios_compare_with_baselines(figures):
 
 
 def test_benchmark_queries_per_item_bounded(figures):
-    assert figures["steps"]["restore"]["queries_per_item"] < 30
+    assert figures["steps"]["restore"]["queries_per_item"] < 5
     assert figures["steps"]["export"]["queries_per_item"] < 15
 
 

@@ -102,6 +102,7 @@ def figures_table(figures: dict) -> str:
     lines += [
         "",
         f"Incremental export: {figures['incremental_export_method']}.",
+        f"Backups: {figures['backup_method']}.",
         f"Peak memory: {figures['memory_method']}.",
     ]
     return "\n".join(lines)
