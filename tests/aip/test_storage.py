@@ -630,7 +630,12 @@ def test_packager_storage_export_and_restore(demo, any_storage, bitstream_storag
     ]
 
 
-def test_packager_storage_missing_name(admin, filesystem_storage, settings):
+def test_packager_storage_missing_name(admin, filesystem_storage, settings, capsys):
     settings.REDIS_URL = ""
-    with pytest.raises(CommandError, match="cli/none.zip"):
+    with pytest.raises(CommandError, match="cli/none.zip") as raised:
         packager("--storage", "aips", "-r", "-a", "-f", "-u", "-i", SITE_HANDLE, "cli/none.zip")
+
+    # The job's log goes to stdout without its last line, the error, which the command prints once.
+    printed = capsys.readouterr()
+    assert "ran in this process" in printed.out
+    assert str(raised.value) not in printed.out

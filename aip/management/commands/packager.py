@@ -229,10 +229,15 @@ class Command(BaseCommand):
         self._job_report(job, why="REDIS_URL is not set")
 
     def _job_report(self, job: Job, *, why: str) -> None:
+        failed = job.state in (Job.State.FAILED, Job.State.CANCELLED)
         if job.started_at is not None:
             self.stdout.write(f"Job {job.pk} ran in this process because {why}: {job.state}.")
-            self.stdout.write(job.log.rstrip("\n"))
-        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
+            lines = job.log.rstrip("\n").splitlines()
+            if failed and lines and lines[-1].endswith(job.error):
+                # The error ends the log; CommandError prints it once, on stderr.
+                lines.pop()
+            self.stdout.write("\n".join(lines))
+        if failed:
             raise CommandError(job.error)
 
     def _confirm_replace(self, options: dict) -> None:
