@@ -263,7 +263,7 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return None
         if form.cleaned_data["mode"] == RestoreForm.MODE_REPLACE and request.POST.get("confirm") != "yes":
             return self._replace_confirm(request, form, name, manifest, uploaded=bool(upload))
-        return self._restore_queue(request, form, name, email)
+        return self._restore_queue(request, form, name, email, manifest)
 
     def _replace_confirm(self, request, form: RestoreForm, name: str, manifest, *, uploaded: bool):
         target = replace_target(manifest)
@@ -302,13 +302,16 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                               messages.INFO)
         return HttpResponseRedirect(reverse("admin:aip_job_restore"))
 
-    def _restore_queue(self, request, form: RestoreForm, name: str, email: str):
+    def _restore_queue(self, request, form: RestoreForm, name: str, email: str, manifest):
         data = form.cleaned_data
+        # A replace records the object it overwrites, as ``packager -r -f -i HANDLE`` does.
+        target = replace_target(manifest) if data["mode"] == RestoreForm.MODE_REPLACE else None
         try:
             job = job_create(
                 kind=RESTORE_KINDS[data["mode"]],
                 eperson_email=email,
                 path=name,
+                handle=target.handle_string or "" if target is not None else "",
                 parent_handle=data["parent_handle"],
                 options=form.options(),
                 recursive=data["recursive"],

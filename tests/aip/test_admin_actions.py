@@ -507,6 +507,7 @@ def test_replace_shows_counts_then_confirms(admin_client, demo, aips, tmp_path):
     job = Job.objects.get()
     assert response.status_code == 302
     assert job.kind == Job.Kind.REPLACE
+    assert job.handle == item.handle_string
     assert job.state == Job.State.SUCCEEDED, job.error
     assert Item.objects.get(pk=item.pk).name == title
     assert shown_messages(response) == [
