@@ -42,7 +42,8 @@ class BackupScheduleForm(forms.ModelForm):
     class Meta:
         model = BackupSchedule
         fields = (
-            "name", "enabled", "handle", "recursive", "cron", "incremental", "storage", "folder", "keep",
+            "name", "enabled", "handle", "recursive", "include_passwords", "cron", "incremental", "storage", "folder",
+            "keep",
             "eperson_email",
         )
 
@@ -109,7 +110,7 @@ class BackupScheduleAdmin(admin.ModelAdmin):
     readonly_fields = ("next_run_at", "created_by", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "enabled", "eperson_email")}),
-        ("What", {"fields": ("handle", "recursive")}),
+        ("What", {"fields": ("handle", "recursive", "include_passwords")}),
         ("When", {"fields": ("cron", "next_run_at")}),
         ("How and where", {"fields": ("incremental", "storage", "folder", "keep")}),
         ("Record", {"fields": ("created_by", "created_at", "updated_at")}),

@@ -112,6 +112,12 @@ class BackupSchedule(models.Model):
         max_length=256, blank=True, help_text="Handle of the community, collection or item; empty for the whole site."
     )
     recursive = models.BooleanField(default=True, help_text="Also back up every descendant (-a).")
+    include_passwords = models.BooleanField(
+        default=False,
+        verbose_name="Include password hashes",
+        help_text="Write EPerson password hashes into the packages (-o passwords=true), so that people restored "
+        "from the backup log in with their passwords. Anyone who can read the backups can then read the hashes.",
+    )
     cron = models.CharField(
         max_length=100, help_text='When to run, as a cron expression in UTC, for example "0 2 * * *" for 02:00 daily.'
     )

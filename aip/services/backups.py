@@ -145,7 +145,7 @@ def _backup_write(backup: Backup, job: Job, storage: Storage, top_name: str, rec
     based_on, based_index = _based_on(backup) if backup.schedule.incremental else (None, {})
     # Item.changed_at, not DSpace's last-modified time: a restore or replace brings back an older
     # last-modified time, but the item's package changed all the same.
-    options = export_options({}, recursive=job.recursive)
+    options = export_options({"passwords": "true"} if backup.schedule.include_passwords else {}, recursive=job.recursive)
     if based_on:
         options = dataclasses.replace(options, changed_after=based_on.snapshot_at)
     obj = selectors.object_by_handle_or_error(job.handle)

@@ -22,10 +22,11 @@ from aip.errors import AipError
 from aip.models import Backup, BackupSchedule, Job
 from aip.services.backups import INDEX_NAME
 from aip.services.schedules import backup_start, schedule_save
-from repository.models import Bitstream, Group, Item, MetadataValue, ResourcePolicy
+from repository.models import Bitstream, EPerson, Group, Item, MetadataValue, ResourcePolicy
 from tests.aip.conftest import (
     ADMIN_EMAIL,
     export_site,
+    manifest_text,
     package_bytes,
     packager,
     repository_wipe,
@@ -343,3 +344,20 @@ def test_incremental_after_group_rename_writes_items(demo, aips):
 
     assert name in written_names(job)
     assert index_of(aips, second)["packages"][name]["md5"] != index_of(aips, first)["packages"][name]["md5"]
+
+
+@pytest.mark.parametrize("include_passwords", [False, True])
+def test_backup_password_hashes_follow_schedule(demo, aips, include_passwords):
+    person = EPerson.objects.exclude(email=ADMIN_EMAIL).order_by("pk").first()
+    person.password_hash = hashlib.sha512(b"a password").hexdigest()
+    person.password_digest_algorithm = "SHA-512"
+    person.password_salt = "00ff" * 8
+    person.save()
+    schedule = schedule_make(include_passwords=include_passwords)
+
+    job, backup = backup_run(schedule, 0)
+
+    assert job.state == Job.State.SUCCEEDED, job.error
+    site_manifest = manifest_text(aips / backup.folder / SITE_PACKAGE)
+    assert (person.password_hash in site_manifest) is include_passwords
+    assert person.password_hash not in job.log
