@@ -1,4 +1,7 @@
-"""System checks: catch misspelt AIP section names in settings at start-up, not mid-backup."""
+"""System checks for misspelt AIP section names and for a database setup that breaks job locks.
+
+They run at start-up, so such a mistake shows before a backup fails on it.
+"""
 from django.conf import settings
 from django.core import checks
 
@@ -20,3 +23,33 @@ def aip_section_settings(app_configs, **kwargs) -> list[checks.Error]:
                     checks.Error(f"{setting} names {name!r}; allowed: {', '.join(sorted(ADMIN_SECTIONS))}.", id="aip.E002")
                 )
     return errors
+
+
+@checks.register()
+def advisory_lock_settings(app_configs, **kwargs) -> list[checks.Warning]:
+    return transaction_pooling_warnings(settings.DATABASES)
+
+
+def transaction_pooling_warnings(databases: dict[str, dict]) -> list[checks.Warning]:
+    """Warn about each PostgreSQL database that is configured for a transaction-pooling proxy.
+
+    Django requires DISABLE_SERVER_SIDE_CURSORS behind such a proxy, such as PgBouncer with
+    pool_mode = transaction (Django's databases reference, "Transaction pooling and server-side
+    cursors"). Job locks and ingest journals use session-level advisory locks, and such a proxy
+    runs each transaction on any server session. So a lock can stay with a session that
+    another client gets next, or be released on the wrong one.
+    """
+    warnings = []
+    for alias, database in databases.items():
+        if "postgresql" in database.get("ENGINE", "") and database.get("DISABLE_SERVER_SIDE_CURSORS"):
+            warnings.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] sets DISABLE_SERVER_SIDE_CURSORS, as for a transaction-pooling proxy "
+                    "such as PgBouncer in transaction mode. Job locks and the sweep of killed ingest runs rely on "
+                    "PostgreSQL session-level advisory locks, which do not work through such a proxy: two jobs "
+                    "could change the same objects at once, and a sweep could delete files of a running ingest.",
+                    hint="Connect to PostgreSQL directly or through session pooling (PgBouncer pool_mode = session).",
+                    id="aip.W001",
+                )
+            )
+    return warnings

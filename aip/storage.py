@@ -14,7 +14,9 @@ on local files, so packages are staged:
 Storage names are "/"-separated names relative to the storage root. Every
 operation retries transient errors (connection errors, timeouts, S3 5xx and
 throttling) with bounded exponential back-off, and turns every storage failure
-into an ``AipError`` that names the storage, the name and what failed.
+into an ``AipError`` that names the storage, the name and what failed. A full
+file system (ENOSPC, EDQUOT, EFBIG) is not retried: it raises
+``StorageFullError``, which names the storage or local folder that is full.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from storages.backends.s3 import S3Storage
 
-from aip.errors import AipError
+from aip.errors import AipError, StorageFullError, storage_full_cause
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,13 @@ def staged_read(storage: Storage, name: str, *, with_folder: bool = False) -> It
     folder = tempfile.mkdtemp(prefix="aip-read-", dir=settings.FILE_UPLOAD_TEMP_DIR)
     try:
         local = Path(folder) / posixpath.basename(name)
-        _attempt(storage, name, "Downloading", lambda: backend.download(name, local))
-        if with_folder:
-            _neighbours_download(storage, backend, name, Path(folder))
+        try:
+            _attempt(storage, name, "Downloading", lambda: backend.download(name, local))
+            if with_folder:
+                _neighbours_download(storage, backend, name, Path(folder))
+        except StorageFullError as error:
+            # Downloads fill the local temporary folder, not the storage they come from.
+            raise error.placed_in(f"local folder {folder}") from error
         yield local
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -127,10 +133,15 @@ def staged_write(storage: Storage, folder: str) -> Iterator[Path]:
     """
     folder = _name_clean(folder, allow_root=True)
     backend = _backend(storage)
-    local = backend.staging_folder()
+    local = _staging_folder(storage, backend)
     try:
         yield local
         _publish(storage, backend, local, folder)
+    except (StorageFullError, OSError) as error:
+        cause = storage_full_cause(error)
+        if cause is None:
+            raise
+        raise _staging_full_error(storage, backend, local, folder, error, cause) from error
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -195,6 +206,26 @@ def _name_clean(name: str, *, allow_root: bool = False) -> str:
     return cleaned
 
 
+def _staging_folder(storage: Storage, backend: _Backend) -> Path:
+    try:
+        return backend.staging_folder()
+    except OSError as error:
+        full = storage_full_cause(error)
+        if full is None:
+            raise
+        raise StorageFullError(action="Creating a staging folder", place=_describe(storage), cause=full) from error
+
+
+def _staging_full_error(
+    storage: Storage, backend: _Backend, local: Path, folder: str, error: BaseException, cause: OSError
+) -> StorageFullError:
+    """Return the error for a full staging folder, naming the storage when the folder lies inside it."""
+    action = error.action if isinstance(error, StorageFullError) else f"Writing files for {folder or '/'}"
+    if isinstance(backend, _FileSystemBackend):
+        return StorageFullError(action=action, place=_describe(storage), cause=cause)
+    return StorageFullError(action=action, place=f"local staging folder {local}", cause=cause)
+
+
 def _publish(storage: Storage, backend: _Backend, local: Path, folder: str) -> None:
     files = sorted(path for path in local.rglob("*") if path.is_file())
     existing = set(storage_files(storage, folder))
@@ -238,6 +269,10 @@ def _attempt(storage: Storage, name: str, action: str, operation: Callable[[], T
         try:
             return operation()
         except STORAGE_ERRORS as error:
+            full = storage_full_cause(error)
+            if full is not None:
+                # A full disk stays full for longer than the back-off waits, so it is not retried.
+                raise StorageFullError(action=f"{action} {name!r}", place=_describe(storage), cause=full) from None
             reason = _redacted(f"{type(error).__name__}: {error}", storage)
             if not _transient(error) or attempt == RETRY_ATTEMPTS:
                 raise AipError(

@@ -63,13 +63,16 @@ def license_text(collection: Collection) -> str:
     return own or settings.AIP_DEFAULT_LICENSE
 
 
-def submission_record(*, item: Item, collection: Collection, submitter: EPerson | None, now: datetime) -> str:
+def submission_record(
+    *, item: Item, collection: Collection, submitter: EPerson | None, now: datetime, license_file_name: str
+) -> str:
     """Add the deposit licence and the "Submitted by" provenance line of a new submission.
 
-    Returns the storage name of the licence file, so that a caller running in a
-    transaction can delete it if the transaction fails.
+    The licence file is stored under ``license_file_name``, which the caller picks so
+    that it can find and delete the file if its transaction fails or its process dies.
+    Returns the name the storage saved it under, which differs only when that name was taken.
     """
-    stored_name = _deposit_license_add(item, license_text(collection))
+    stored_name = _deposit_license_add(item, license_text(collection), license_file_name)
     submitter_label = f"{submitter.first_name} {submitter.last_name} ({submitter.email})".strip() if submitter else "an unknown person"
     _add_values(
         item,
@@ -101,7 +104,7 @@ def _made_available_line(item: Item, stamp: str) -> str:
     return "\n".join(lines)
 
 
-def _deposit_license_add(item: Item, text: str) -> str:
+def _deposit_license_add(item: Item, text: str, file_name: str) -> str:
     """Store ``text`` as license.txt in the item's LICENSE bundle, creating the bundle when needed."""
     data = text.encode("utf-8")
     bundle = item.bundles.filter(name=LICENSE_BUNDLE).first()
@@ -118,8 +121,7 @@ def _deposit_license_add(item: Item, text: str) -> str:
         checksum=hashlib.md5(data).hexdigest(),
         sequence_id=_next_sequence_id(item),
     )
-    text_id = bitstream.uuid.hex
-    bitstream.file.name = bitstream_storage().save(f"{text_id[:2]}/{text_id[2:4]}/{text_id}", ContentFile(data))
+    bitstream.file.name = bitstream_storage().save(file_name, ContentFile(data))
     bitstream.save()
     return bitstream.file.name
 

@@ -15,6 +15,13 @@ takes a PostgreSQL advisory lock for its run id and writes a journal
 of every ingest and by ``manage.py aip_storage_sweep``, finds the journals of
 runs that no longer hold their lock, recomputes their file names, and deletes
 those that no Bitstream row references.
+
+The old files of replaced bitstreams can only go once the run has committed. As
+the last step of its transaction, a run writes their names and its PostgreSQL
+transaction id to ``.ingest-runs/<run id>.delete.json`` and deletes them after
+the commit. When a kill comes in between, the sweep deletes them, once
+PostgreSQL reports that transaction committed, and only those that no Bitstream
+row references.
 """
 from __future__ import annotations
 
@@ -33,9 +40,16 @@ from typing import Callable
 
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, connection
+from django.core.files.storage import FileSystemStorage
+from django.db import DatabaseError, connection, transaction
 
-from aip.errors import ChecksumMismatchError, InvalidPackageError, UnsafePackageError
+from aip.errors import (
+    ChecksumMismatchError,
+    InvalidPackageError,
+    StorageFullError,
+    UnsafePackageError,
+    storage_full_cause,
+)
 from aip.mets.model import DimValue, FileRecord, PackageManifest
 from aip.mets.xmlsafe import parse_xml
 from aip.package import CHUNK_SIZE, MANIFEST_NAME, PackageReader, process_alive
@@ -46,6 +60,8 @@ logger = logging.getLogger(__name__)
 SUPPORT_LEVELS = {"UNKNOWN": 0, "KNOWN": 1, "SUPPORTED": 2}
 
 JOURNAL_FOLDER = ".ingest-runs"
+JOURNAL_SUFFIX = ".json"
+DELETIONS_SUFFIX = ".delete.json"
 # A killed run leaves at most its last file missing or partial, so a sweep that finds
 # this many names in a row missing has seen every file of the run.
 SWEEP_MISSING_RUN = 8
@@ -64,7 +80,7 @@ class IngestJournal:
 
     def __init__(self) -> None:
         self.run_id = uuid_module.uuid4()
-        self.name = f"{JOURNAL_FOLDER}/{self.run_id}.json"
+        self.name = f"{JOURNAL_FOLDER}/{self.run_id}{JOURNAL_SUFFIX}"
         self.opened = False
 
     def open(self) -> None:
@@ -77,7 +93,14 @@ class IngestJournal:
             "pid": os.getpid(),
             "started": datetime.now(timezone.utc).isoformat(),
         }
-        bitstream_storage().save(self.name, ContentFile(json.dumps(record).encode("utf-8")))
+        try:
+            bitstream_storage().save(self.name, ContentFile(json.dumps(record).encode("utf-8")))
+        except BaseException:
+            # A full disk can leave an empty journal. The run has stored nothing yet, so the journal and lock go.
+            _quietly_delete(self.name)
+            _advisory_unlock(self.run_id)
+            _ACTIVE_RUNS.discard(str(self.run_id))
+            raise
         self.opened = True
 
     def close(self) -> None:
@@ -95,17 +118,23 @@ def run_file_name(run_id: uuid_module.UUID, counter: int) -> str:
     return f"{text[:2]}/{text[2:4]}/{text}"
 
 
-class StoredFiles:
-    """Names written to the bitstream storage during one run, for clean-up on failure.
+def deletions_file_name(run_id: uuid_module.UUID) -> str:
+    """Return the storage name of the list of files a run deletes once it has committed."""
+    return f"{JOURNAL_FOLDER}/{run_id}{DELETIONS_SUFFIX}"
 
-    TODO: the deposit licence that submit mode adds (``repository.installation``) gets a
-    random name, so a submit killed after adding it leaves that one file for no sweep to find.
+
+class StoredFiles:
+    """The files of one ingest run in the bitstream storage.
+
+    ``names`` are the files the run stored, deleted again when it fails. ``deletions``
+    are the files of bitstreams it replaced, deleted once it has committed.
     """
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.bytes = 0
         self.journal = IngestJournal()
+        self.deletions: list[str] = []
         self._counter = 0
 
     def name_new(self) -> str:
@@ -124,6 +153,42 @@ class StoredFiles:
             except OSError:
                 logger.exception("could not delete stored file %s after a failed run", name)
         self.names.clear()
+
+    def delete_after_commit(self, name: str) -> None:
+        """Delete the stored file ``name`` once the run has committed. A failed run keeps it."""
+        self.deletions.append(name)
+
+    def deletions_record(self) -> None:
+        """Write the files to delete after the commit, with this transaction's id, durably to the storage.
+
+        Call it as the last step inside the run's transaction. It also registers the deletion
+        for when the outermost transaction commits.
+        """
+        if not self.deletions:
+            return
+        if not self.journal.opened:
+            # The journal's lock marks this run as alive for a sweep in another process.
+            self.journal.open()
+        record = {"run": str(self.journal.run_id), "transaction": _transaction_id(), "files": self.deletions}
+        name = deletions_file_name(self.journal.run_id)
+        storage = bitstream_storage()
+        storage.save(name, ContentFile(json.dumps(record).encode("utf-8")))
+        _durable(storage, name)
+        # Robust, because an error raised after the commit would make the caller delete the run's new files.
+        transaction.on_commit(self.deletions_apply, robust=True)
+
+    def deletions_apply(self) -> None:
+        """Delete the replaced files after the commit. If a deletion fails, the list stays for a later sweep."""
+        run_id = self.journal.run_id
+        try:
+            deleted, _referenced_count = _unreferenced_delete(self.deletions, run_id)
+            bitstream_storage().delete(deletions_file_name(run_id))
+        except (OSError, DatabaseError):
+            logger.exception(
+                "could not delete the replaced files of ingest run %s, so a later sweep deletes them", run_id
+            )
+            return
+        logger.info("deleted %d replaced file(s) after ingest run %s committed", len(deleted), run_id)
 
     def close(self) -> None:
         """End the run's journal: its files are now committed, or deleted by ``delete_all``."""
@@ -145,26 +210,30 @@ class SweepReport:
 
 
 def ingest_runs_sweep() -> SweepReport:
-    """Delete the files of ingest runs that died without cleaning up, and their journals."""
+    """Delete the files of ingest runs that died without cleaning up, and their journals.
+
+    A dead run's list of replaced files is handled first. Its files are deleted when its
+    transaction committed, and the list is dropped when it rolled back.
+    """
     storage = bitstream_storage()
     report = SweepReport()
     try:
-        _folders, journals = storage.listdir(JOURNAL_FOLDER)
+        _folders, names = storage.listdir(JOURNAL_FOLDER)
     except FileNotFoundError:
         return report
-    for journal_name in sorted(journals):
-        run_text = journal_name.removesuffix(".json")
-        try:
-            run_id = uuid_module.UUID(run_text)
-        except ValueError:
-            logger.warning("ignoring %s/%s: not an ingest journal name", JOURNAL_FOLDER, journal_name)
-            continue
-        if _run_alive(run_id, f"{JOURNAL_FOLDER}/{journal_name}"):
+    for run_id, journal, deletions in _journal_files(names):
+        run_text = str(run_id)
+        journal_name = f"{JOURNAL_FOLDER}/{journal}" if journal else None
+        if journal_name and _run_alive(run_id, journal_name):
             report.runs_alive.append(run_text)
             continue
         try:
-            _run_files_delete(run_id, report)
-            storage.delete(f"{JOURNAL_FOLDER}/{journal_name}")
+            if deletions and not _deletions_sweep(run_id, report):
+                report.runs_alive.append(run_text)
+                continue
+            if journal_name:
+                _run_files_delete(run_id, report)
+                storage.delete(journal_name)
         except OSError:
             # The journal stays, so the next sweep tries again; an ingest must not fail for this.
             logger.exception("could not sweep the files of the killed ingest run %s", run_text)
@@ -173,6 +242,52 @@ def ingest_runs_sweep() -> SweepReport:
         finally:
             _advisory_unlock(run_id)
     return report
+
+
+def _journal_files(names: list[str]) -> list[tuple[uuid_module.UUID, str | None, str | None]]:
+    """Group the file names of the journal folder by run: (run id, journal, list of replaced files)."""
+    runs: dict[uuid_module.UUID, dict[str, str | None]] = {}
+    for name in names:
+        kind, suffix = ("journal", JOURNAL_SUFFIX)
+        if name.endswith(DELETIONS_SUFFIX):
+            kind, suffix = ("deletions", DELETIONS_SUFFIX)
+        try:
+            run_id = uuid_module.UUID(name.removesuffix(suffix))
+        except ValueError:
+            logger.warning("ignoring %s/%s: not an ingest journal name", JOURNAL_FOLDER, name)
+            continue
+        runs.setdefault(run_id, {"journal": None, "deletions": None})[kind] = name
+    ordered = sorted(runs.items(), key=lambda run: str(run[0]))
+    return [(run_id, files["journal"], files["deletions"]) for run_id, files in ordered]
+
+
+def _deletions_sweep(run_id: uuid_module.UUID, report: SweepReport) -> bool:
+    """Apply or drop the list of replaced files of a dead run. Return False while its transaction is still open."""
+    storage = bitstream_storage()
+    name = deletions_file_name(run_id)
+    try:
+        with storage.open(name, "rb") as stream:
+            record = json.loads(stream.read().decode("utf-8"))
+        files = [str(file) for file in record["files"]]
+        transaction_id = record.get("transaction")
+    except (ValueError, KeyError, TypeError):
+        # The list is synced to disk before the commit, so an unreadable one belongs to a run that never committed.
+        logger.warning("dropping %s: unreadable, so its run never committed", name)
+        storage.delete(name)
+        return True
+    status = _transaction_status(transaction_id)
+    if status == "in progress":
+        return False
+    if status == "aborted":
+        logger.info("dropping %s: its run rolled back, so the files it replaced stay", name)
+    else:
+        # Committed, or unknown (no PostgreSQL, or a transaction id too old to look up): the
+        # Bitstream rows decide, because a rolled-back run leaves the rows that name its old files.
+        deleted, referenced_count = _unreferenced_delete(files, run_id)
+        report.files_deleted.extend(deleted)
+        report.files_kept += referenced_count
+    storage.delete(name)
+    return True
 
 
 def _run_alive(run_id: uuid_module.UUID, journal_name: str) -> bool:
@@ -213,14 +328,81 @@ def _run_files_delete(run_id: uuid_module.UUID, report: SweepReport) -> None:
         else:
             missing += 1
     # A run that committed before it was killed keeps its files: rows name them.
+    deleted, referenced_count = _unreferenced_delete(names, run_id)
+    report.files_deleted.extend(deleted)
+    report.files_kept += referenced_count
+
+
+def _unreferenced_delete(names: list[str], run_id: uuid_module.UUID) -> tuple[list[str], int]:
+    """Delete the stored files among ``names`` that no Bitstream row names.
+
+    Returns the deleted names and the number of names kept because a row names them.
+    """
+    storage = bitstream_storage()
     referenced = set(Bitstream.objects.filter(file__in=names).values_list("file", flat=True))
+    deleted = []
     for name in names:
         if name in referenced:
-            report.files_kept += 1
             continue
         storage.delete(name)
-        report.files_deleted.append(name)
-        logger.info("deleted %s, stored by the killed ingest run %s", name, run_id)
+        deleted.append(name)
+        logger.info("deleted %s, left by ingest run %s", name, run_id)
+    return deleted, len(names) - len(deleted)
+
+
+def _quietly_delete(name: str) -> None:
+    try:
+        bitstream_storage().delete(name)
+    except OSError:
+        logger.exception("could not delete %s from the bitstream storage", name)
+
+
+def _durable(storage, name: str) -> None:
+    """Flush a file of a file system storage and its folder entry to disk, so that it survives a power loss."""
+    if not isinstance(storage, FileSystemStorage):
+        return
+    path = storage.path(name)
+    for target in (path, os.path.dirname(path)):
+        descriptor = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _transaction_id() -> str | None:
+    """Return the id of the current PostgreSQL transaction (the outermost one), or None on other databases."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()::text")
+        return cursor.fetchone()[0]
+
+
+def _transaction_status(transaction_id: str | None) -> str | None:
+    """Return "committed", "aborted" or "in progress" for a PostgreSQL transaction id, or None when unknown."""
+    if not transaction_id or connection.vendor != "postgresql":
+        return None
+    try:
+        # A savepoint, so that an id PostgreSQL rejects (from another cluster) cannot break an open transaction.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_xact_status(%s::xid8)", [transaction_id])
+            return cursor.fetchone()[0]
+    except DatabaseError:
+        logger.warning("could not look up the status of transaction %s", transaction_id, exc_info=True)
+        return None
+
+
+def bitstream_storage_full(error: BaseException, *, action: str) -> StorageFullError | None:
+    """Return a ``StorageFullError`` naming the bitstream storage when ``error`` comes from a full disk, else None."""
+    cause = storage_full_cause(error)
+    if cause is None:
+        return None
+    storage = bitstream_storage()
+    place = "the bitstream storage"
+    if isinstance(storage, FileSystemStorage):
+        place += f" (folder {storage.location})"
+    return StorageFullError(action=action, place=place, cause=cause)
 
 
 def _lock_key(run_id: uuid_module.UUID) -> int:

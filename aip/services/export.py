@@ -31,7 +31,7 @@ from aip.mets.writer import WriterContext, build_mets
 from aip.options import ExportOptions
 from aip.mets.validation import validate_manifest
 from aip.package import PackageEntry, package_matches, partial_files_sweep, write_manifest_only, write_package
-from aip.errors import AipError
+from aip.errors import AipError, StorageFullError, storage_full_cause
 from aip.services.locks import read_snapshot
 from aip.services.manifests import UnreadableBitstreamError, items_prefetch_ahead, items_prefetched, manifest_for
 from repository.models import Bitstream, Item
@@ -128,6 +128,11 @@ def _package_build(*, obj, path: Path, options: ExportOptions, resume: bool) -> 
             else:
                 write_package(path, manifest=manifest, entries=entries, last_modified=last_modified)
         except OSError as error:
+            full = storage_full_cause(error)
+            if full is not None:
+                raise StorageFullError(
+                    action=f"Writing package {path.name}", place=f"folder {path.parent}", cause=full
+                ) from error
             raise AipError(
                 f"Writing package {path} failed: {error}. Check that the folder exists, is writable and has space, "
                 "and that no folder has that name."

@@ -4,7 +4,8 @@ A run walks the package tree depth first (a package, then each child's subtree
 in the order its parent lists them) inside one database transaction. Any error
 rolls the transaction back and deletes every file the run stored, so a failed
 run leaves the database and the bitstream storage as they were. Files of
-replaced bitstreams are deleted only after the transaction commits.
+replaced bitstreams are deleted only after the transaction commits, from a list
+that the run stores before the commit, so that a sweep can finish a killed run.
 
 Per package: read and check the manifest, resolve the parent and the handle,
 create the object (or find the one to replace), then apply DSPACE-ROLES,
@@ -26,7 +27,7 @@ from aip.options import IngestOptions
 from aip.mets.validation import schema_dir_or_error, validate_manifest
 from aip.package import package_open
 from aip.progress import Progress, package_count_estimate
-from aip.services.bitstream_ingest import StoredFiles, ingest_runs_sweep, package_preflight
+from aip.services.bitstream_ingest import StoredFiles, bitstream_storage_full, ingest_runs_sweep, package_preflight
 from aip.services.handles import handle_assign
 from aip.services.object_ingest import ObjectIngester
 from repository.changes import change_tracking_suspended
@@ -99,8 +100,12 @@ def package_ingest(
             )
             run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle)
             report.roles = run.objects.roles.changes
-    except BaseException:
+            stored.deletions_record()
+    except BaseException as error:
         stored.delete_all()
+        full = bitstream_storage_full(error, action=f"Ingesting {path.name}")
+        if full is not None:
+            raise full from error
         raise
     finally:
         stored.close()

@@ -5,7 +5,7 @@ import uuid as uuid_module
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from aip import selectors
@@ -20,7 +20,7 @@ from aip.services.item_batch import ItemBatch
 from aip.services.metadata_ingest import FieldRegistry, container_values, first_title, value_rows, values_replace
 from aip.services.roles_ingest import PolicyWriter, RolesIngester, free_uuid
 from repository.installation import submission_record
-from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Handle, Item, Site, bitstream_storage
+from repository.models import Bitstream, Bundle, Collection, Community, EPerson, Handle, Item, Site
 from repository.workflow import item_install, workflow_start
 
 MODELS = {"COMMUNITY": Community, "COLLECTION": Collection, "ITEM": Item}
@@ -164,7 +164,14 @@ class ObjectIngester:
         item.in_archive = False
         item.last_modified = now
         item.save()
-        self.stored.names.append(submission_record(item=item, collection=collection, submitter=item.submitter, now=now))
+        # Named like the run's other files, so that a failed run or the sweep after a kill deletes the licence too.
+        license_name = self.stored.name_new()
+        self.stored.names.append(license_name)
+        saved = submission_record(
+            item=item, collection=collection, submitter=item.submitter, now=now, license_file_name=license_name
+        )
+        if saved != license_name:
+            self.stored.names.append(saved)
         if not self.options.use_workflow:
             item_install(item=item)
         elif workflow_start(item=item, collection=collection) is not None:
@@ -194,11 +201,10 @@ class ObjectIngester:
         return obj
 
     def _delete_bitstreams(self, bitstreams) -> None:
-        storage = bitstream_storage()
         for bitstream in list(bitstreams):
             if bitstream.file.name:
                 # Deleted only once the run commits, so a failed replace keeps the old files.
-                transaction.on_commit(lambda name=bitstream.file.name: storage.delete(name))
+                self.stored.delete_after_commit(bitstream.file.name)
             bitstream.delete()
 
     def _fill(self, obj, reader: PackageReader, manifest: PackageManifest, *, source: str, waiting=False) -> None:

@@ -8,6 +8,7 @@ package under a final name, and its rerun writes only what is missing.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -15,14 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from aip.package import PARTIAL_SUFFIX
-from aip.services.bitstream_ingest import JOURNAL_FOLDER
+from aip.services.bitstream_ingest import DELETIONS_SUFFIX, JOURNAL_FOLDER, ingest_runs_sweep
+from repository.installation import license_text
 from repository.models import Bitstream, Item
 from tests.aip.conftest import ADMIN_EMAIL, database_snapshot, export_site, package_bytes, repository_wipe, stored_files
 
@@ -302,3 +305,159 @@ def test_export_rerun_rewrites_changed_and_damaged(demo, tmp_path, bitstream_sto
     after = package_identities(folder)
     rewritten = sorted(name for name in before if after[name] != before[name])
     assert rewritten == sorted([changed, damaged])
+
+
+# --- kills at chosen moments --------------------------------------------------------------------
+
+
+# Runs a management command with one function replaced by a wrapper that kills the process with
+# SIGKILL, before or after calling it: argv is "module:Class.function", "before" or "after", then the command.
+KILLED_AT = """
+import importlib, os, signal, sys
+import django
+django.setup()
+target, moment, *command = sys.argv[1:]
+module_name, _, path = target.partition(":")
+owner = importlib.import_module(module_name)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+original = getattr(owner, name)
+def killed(*args, **kwargs):
+    if moment == "after":
+        original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(owner, name, killed)
+from django.core.management import call_command
+call_command(*command)
+"""
+
+
+def run_killed_at(target: str, moment: str, command: list[str], env: dict[str, str]) -> None:
+    """Run ``manage.py`` ``command`` in a subprocess that kills itself before or after ``target`` runs."""
+    completed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT, target, moment, *command],
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        cwd=MANAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == -signal.SIGKILL, f"the run was not killed at {target}: {completed.stderr}"
+    other_sessions_end()
+
+
+def journal_files(root: Path) -> list[str]:
+    folder = root / JOURNAL_FOLDER
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def replace_command(folder: Path) -> list[str]:
+    return [
+        "packager", "-t", "AIP", "-e", ADMIN_EMAIL, "-r", "-a", "-f", "-u", "-i", SITE_HANDLE, str(folder / SITE_PACKAGE)
+    ]
+
+
+def test_replace_killed_after_commit_then_swept(demo, tmp_path, bitstream_storage):
+    folder = tmp_path / "export"
+    export_site(folder)
+    old_files = referenced_files()
+    snapshot = database_snapshot()
+
+    run_killed_at(
+        "aip.services.bitstream_ingest:StoredFiles.deletions_apply", "before",
+        replace_command(folder), subprocess_env(bitstream_storage),
+    )
+
+    # The replace committed, so the rows name only new files, but the old ones are still stored.
+    new_files = referenced_files()
+    assert database_snapshot() == snapshot
+    assert not set(new_files) & set(old_files)
+    stored = set(stored_files(bitstream_storage))
+    assert set(old_files) <= stored
+    assert any(name.endswith(DELETIONS_SUFFIX) for name in journal_files(bitstream_storage))
+
+    call_command("aip_storage_sweep")
+
+    assert stored_files(bitstream_storage) == new_files
+    assert journal_files(bitstream_storage) == []
+
+
+def test_replace_killed_before_commit_then_swept(demo, tmp_path, bitstream_storage):
+    folder = tmp_path / "export"
+    export_site(folder)
+    old_files = referenced_files()
+    snapshot = database_snapshot()
+
+    # Killed once the list of files to delete is stored, just before the commit.
+    run_killed_at(
+        "aip.services.bitstream_ingest:StoredFiles.deletions_record", "after",
+        replace_command(folder), subprocess_env(bitstream_storage),
+    )
+
+    assert database_snapshot() == snapshot
+    assert referenced_files() == old_files
+    assert len(stored_files(bitstream_storage)) > len(old_files)
+    assert any(name.endswith(DELETIONS_SUFFIX) for name in journal_files(bitstream_storage))
+
+    call_command("aip_storage_sweep")
+
+    assert stored_files(bitstream_storage) == old_files
+    assert journal_files(bitstream_storage) == []
+
+
+def test_submit_killed_after_license_then_swept(demo, tmp_path, bitstream_storage):
+    item = Item.objects.filter(in_archive=True, withdrawn=False).order_by("handle__suffix_number").first()
+    package = tmp_path / "item.zip"
+    packager_run = ["packager", "-t", "AIP", "-e", ADMIN_EMAIL]
+    call_command(*packager_run, "-d", "-i", item.handle_string, str(package))
+    files_before = stored_files(bitstream_storage)
+    snapshot = database_snapshot()
+    license_bytes = license_text(item.owning_collection).encode("utf-8")
+
+    run_killed_at(
+        "aip.services.object_ingest:submission_record", "after",
+        [*packager_run, "-s", "-w", "-p", item.owning_collection.handle_string, str(package)],
+        subprocess_env(bitstream_storage),
+    )
+
+    assert database_snapshot() == snapshot
+    left = set(stored_files(bitstream_storage)) - set(files_before)
+    licences = [name for name in left if (bitstream_storage / name).read_bytes() == license_bytes]
+    assert licences, "the killed submit left no licence file, so the sweep of licences was not exercised"
+
+    call_command("aip_storage_sweep")
+
+    assert stored_files(bitstream_storage) == files_before
+    assert journal_files(bitstream_storage) == []
+
+
+def test_sweep_deletions_wait_then_keep_referenced(demo, bitstream_storage):
+    """A list of replaced files waits while its transaction is open, and a file that a row names is never deleted."""
+    referenced = referenced_files()[0]
+    orphan = "zz/zz/replaced-file"
+    (bitstream_storage / orphan).parent.mkdir(parents=True)
+    (bitstream_storage / orphan).write_bytes(b"old content")
+    run_id = uuid.uuid4()
+    deletions = bitstream_storage / JOURNAL_FOLDER / f"{run_id}{DELETIONS_SUFFIX}"
+    deletions.parent.mkdir(exist_ok=True)
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id()::text")
+            transaction_id = cursor.fetchone()[0]
+        record = {"run": str(run_id), "transaction": transaction_id, "files": [referenced, orphan]}
+        deletions.write_text(json.dumps(record))
+        open_report = ingest_runs_sweep()
+
+    assert open_report.runs_alive == [str(run_id)]
+    assert (bitstream_storage / orphan).exists()
+
+    committed_report = ingest_runs_sweep()
+
+    assert committed_report.runs_swept == [str(run_id)]
+    assert committed_report.files_deleted == [orphan]
+    assert committed_report.files_kept == 1
+    assert (bitstream_storage / referenced).exists()
+    assert not (bitstream_storage / orphan).exists()
+    assert not deletions.exists()

@@ -10,9 +10,11 @@ import zipfile
 from datetime import timedelta
 
 import pytest
+from django.core import checks
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
+from aip.checks import transaction_pooling_warnings
 from aip.models import Job, JobEvent
 from aip.services import jobs as jobs_module
 from aip.services import locks
@@ -176,6 +178,24 @@ def test_lock_wait_setting_rejects_bad_value(settings):
     settings.AIP_LOCK_WAIT = "soon"
     with pytest.raises(locks.LockBusyError.__mro__[1], match=r"AIP_LOCK_WAIT is 'soon'"):
         locks.lock_wait_seconds()
+
+
+def test_transaction_pooling_settings_warn():
+    databases = {
+        "default": {"ENGINE": "django.db.backends.postgresql", "DISABLE_SERVER_SIDE_CURSORS": True},
+        "direct": {"ENGINE": "django.db.backends.postgresql"},
+        "embedded": {"ENGINE": "django.db.backends.sqlite3", "DISABLE_SERVER_SIDE_CURSORS": True},
+    }
+
+    warnings = transaction_pooling_warnings(databases)
+
+    assert [warning.id for warning in warnings] == ["aip.W001"]
+    assert "DATABASES['default']" in warnings[0].msg
+    assert "session pooling" in warnings[0].hint
+
+
+def test_direct_connection_passes_checks():
+    assert [message.id for message in checks.run_checks() if message.id.startswith("aip.")] == []
 
 
 def _try_locks(keys) -> str:

@@ -9,7 +9,8 @@ from aip.services.bitstream_ingest import ingest_runs_sweep
 class Command(BaseCommand):
     help = (
         "Delete the bitstream files stored by ingest runs that died without cleaning up (killed, or their "
-        "machine lost power), as recorded in their journals under .ingest-runs/ in the bitstream storage. "
+        "machine lost power), as recorded in their journals under .ingest-runs/ in the bitstream storage, "
+        "and the old files of bitstreams that such a run replaced when its transaction had committed. "
         "Files that a Bitstream row names are kept, and runs still in progress are left alone. Every ingest "
         "does this sweep when it starts, so this command is only needed when no ingest follows a crash."
     )
