@@ -15,8 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,23 +66,48 @@ def subprocess_env(bitstream_root: Path) -> dict[str, str]:
     return env
 
 
-def run_to_end(command: list[str], env: dict[str, str]) -> float:
-    """Run ``command`` to completion and return its duration in seconds."""
-    started = time.monotonic()
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr
+# How often a run is checked for the sign that its work has begun.
+POLL_SECONDS = 0.005
+RUN_TIMEOUT = 300.0
+
+
+def run_to_end(command: list[str], env: dict[str, str], watch: Path | None = None) -> float:
+    """Run ``command`` to completion and return its duration in seconds.
+
+    With ``watch``, the duration counts from the moment a new file appears in that folder:
+    the part of the run that kills must hit, without the start-up, whose length load changes.
+    """
+    working = new_file_check(watch) if watch is not None else None
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        started = time.monotonic()
+        while process.poll() is None:
+            if working is not None and working():
+                started = time.monotonic()
+                working = None
+            if time.monotonic() - started > RUN_TIMEOUT:
+                process.kill()
+            time.sleep(POLL_SECONDS)
+        errors.seek(0)
+        assert process.returncode == 0, errors.read().decode("utf-8", "replace")
     return time.monotonic() - started
 
 
-def run_and_kill(command: list[str], env: dict[str, str], delay: float) -> int:
-    """Start ``command``, send it SIGKILL after ``delay`` seconds, and return its exit code."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        process.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
-    _out, errors = process.communicate(timeout=60)
-    assert process.returncode in (0, -signal.SIGKILL), errors.decode("utf-8", "replace")
+def run_and_kill(command: list[str], env: dict[str, str], delay: float, watch: Path) -> int:
+    """Start ``command``, send it SIGKILL ``delay`` seconds after a new file appears in ``watch``; return its exit code."""
+    working = new_file_check(watch)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while process.poll() is None and not working() and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        errors.seek(0)
+        assert process.returncode in (0, -signal.SIGKILL), errors.read().decode("utf-8", "replace")
     return process.returncode
 
 
@@ -110,21 +137,28 @@ def bitstream_folder_clear(root: Path) -> None:
     root.mkdir()
 
 
-def startup_seconds(env: dict[str, str]) -> float:
-    """Return how long the packager takes to start and exit without work: kills before that hit no work."""
-    return run_to_end([sys.executable, str(MANAGE), "packager", "--help"], env)
-
-
-def kill_delays(startup: float, duration: float) -> list[float]:
+def kill_delays(duration: float) -> list[float]:
     """Return KILLS moments spread over the working part of a run, each drawn at random within its slice.
 
-    The moments cover the first 70 % of the measured run, because a later run of the same
+    The moments cover the first 70 % of the measured work, because a later run of the same
     command may be faster (a warm cache, or less load from other processes).
     """
     generator = random.Random(SEED)
-    start = startup * 0.8
-    width = max(duration - start, 0.1) * 0.7 / KILLS
-    return [start + width * (index + generator.random()) for index in range(KILLS)]
+    width = max(duration, 0.05) * 0.7 / KILLS
+    return [width * (index + generator.random()) for index in range(KILLS)]
+
+
+def new_file_check(folder: Path) -> Callable[[], bool]:
+    """Return a check that ``folder`` has a file it lacked now: the sign that a restore stores or an export writes."""
+
+    def names() -> set[str]:
+        try:
+            return {path.name for path in folder.iterdir()}
+        except FileNotFoundError:
+            return set()
+
+    before = names()
+    return lambda: bool(names() - before)
 
 
 # --- restore ------------------------------------------------------------------------------------
@@ -139,9 +173,10 @@ def test_restore_killed_then_rerun(demo, tmp_path, bitstream_storage):
     env = subprocess_env(bitstream_storage)
     command = packager_command("-r", "-a", "-f", "-u", "-i", SITE_HANDLE, str(folder / SITE_PACKAGE))
 
+    # A run's journal appears before its first stored file: from then on a kill can leave files behind.
+    journals = bitstream_storage / JOURNAL_FOLDER
     # A full run gives the duration to spread the kills over and the state of a complete restore.
-    duration = run_to_end(command, env)
-    startup = startup_seconds(env)
+    duration = run_to_end(command, env, journals)
     complete = database_snapshot()
     assert complete["Item"] > 0
     repository_wipe()
@@ -149,8 +184,8 @@ def test_restore_killed_then_rerun(demo, tmp_path, bitstream_storage):
 
     killed = 0
     orphans_seen = 0
-    for index, delay in enumerate(kill_delays(startup, duration)):
-        code = run_and_kill(command, env, delay)
+    for index, delay in enumerate(kill_delays(duration)):
+        code = run_and_kill(command, env, delay, journals)
         other_sessions_end()
         killed += code == -signal.SIGKILL
 
@@ -245,16 +280,15 @@ def test_export_killed_then_rerun(demo, tmp_path, bitstream_storage):
     env = subprocess_env(bitstream_storage)
     command = packager_command("-d", "-a", "-i", SITE_HANDLE, str(target / SITE_PACKAGE))
 
-    duration = run_to_end(command, env)
-    startup = startup_seconds(env)
+    duration = run_to_end(command, env, target)
     assert package_bytes(target) == expected
 
     killed = 0
     partly_written = 0
-    for index, delay in enumerate(kill_delays(startup, duration)):
+    for index, delay in enumerate(kill_delays(duration)):
         # Each round starts empty, so a kill shows how far a run got and whether it left a truncated package.
         shutil.rmtree(target, ignore_errors=True)
-        killed += run_and_kill(command, env, delay) == -signal.SIGKILL
+        killed += run_and_kill(command, env, delay, target) == -signal.SIGKILL
         written = package_bytes(target) if target.exists() else {}
         partly_written += 0 < len(written) < len(expected)
         for name, data in written.items():
