@@ -3,8 +3,17 @@
 A package is written to a temporary file beside its final name and renamed into
 place only when complete, so no truncated package ever carries a final name.
 Every zip field that could vary between runs is fixed (entry order, times,
-"made by" system, entry permissions, compression level, comment), so an unchanged
-object always produces the same bytes on the same zlib version.
+"made by" system, entry permissions, compression level, comment), and each
+entry's method depends only on its content, so an unchanged object always
+produces the same bytes on the same zlib version.
+
+The manifest and files under 1 MiB are deflated, as DSpace deflates every
+entry. A larger file is stored uncompressed when a sample of its start barely
+compresses, as with most PDF, image, audio and video files: deflating those
+takes 10 to 15 times as long as a plain copy and saves nothing. Because the
+target file is seekable, zipfile writes the size and CRC-32 of a stored entry
+into its local header, with no data descriptor: Java's ZipInputStream (readLOC in
+OpenJDK) rejects a stored entry that has one.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ from typing import BinaryIO, Callable
 
 from django.conf import settings
 
+from aip.digests import BackgroundMd5
 from aip.errors import ChecksumMismatchError, InvalidPackageError, UnsafePackageError
 
 MANIFEST_NAME = "mets.xml"
@@ -31,8 +41,12 @@ ZIP_COMMENT = b"METS archive created by aip-backup (DSpace AIP format)"
 CONTAINER_ENTRY_TIME = (2002, 11, 4, 0, 0, 0)
 COMPRESS_LEVEL = 6
 CHUNK_SIZE = 1024 * 1024
-# Entries at least this large get ZIP64 headers from the start, as their final size is not known in advance.
-ZIP64_THRESHOLD = 2**31
+# Entries smaller than STORE_MIN_BYTES are always deflated. A larger entry is stored when its
+# first SAMPLE_BYTES, deflated at SAMPLE_LEVEL, shrink by less than STORE_MAX_SAVING.
+STORE_MIN_BYTES = CHUNK_SIZE
+SAMPLE_BYTES = 256 * 1024
+SAMPLE_LEVEL = 1
+STORE_MAX_SAVING = 0.03
 
 # Zip methods a package may use. DSpace and this project write deflate. bzip2 and LZMA are
 # rejected because zipfile decompresses a whole chunk of them at once, with no bound on the output.
@@ -107,9 +121,9 @@ def entry_time(last_modified: datetime | None) -> tuple[int, int, int, int, int,
     return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
 
 
-def _zip_info(name: str, date_time) -> zipfile.ZipInfo:
+def _zip_info(name: str, date_time, compress_type: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=date_time)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = compress_type
     info.create_system = 0
     # rw-r--r-- for every entry; zipfile would otherwise pick 0600 for streamed entries.
     info.external_attr = 0o644 << 16
@@ -183,10 +197,13 @@ def write_package(path: Path, *, manifest: bytes, entries: Iterable[PackageEntry
             archive.comment = ZIP_COMMENT
             archive.writestr(_zip_info(MANIFEST_NAME, date_time), manifest)
             for entry in entries:
-                with entry.open() as source, archive.open(
-                    _zip_info(entry.name, date_time), "w", force_zip64=entry.size >= ZIP64_THRESHOLD
-                ) as target:
-                    digest, size = _copy(source, target)
+                with entry.open() as source:
+                    start = _read_start(source)
+                    info = _zip_info(entry.name, date_time, compress_method(start, entry.size))
+                    # zipfile writes ZIP64 headers when 1.05 times this size, a margin for deflate, exceeds 4 GiB.
+                    info.file_size = entry.size
+                    with archive.open(info, "w") as target:
+                        digest, size = _copy(start, source, target, limit=entry.size)
                 _check_entry(entry, digest, size)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
@@ -195,21 +212,58 @@ def write_package(path: Path, *, manifest: bytes, entries: Iterable[PackageEntry
         raise
 
 
-def _copy(source: BinaryIO, target: BinaryIO) -> tuple[str, int]:
-    """Copy ``source`` to ``target`` in chunks; return the MD5 hex digest and size of what was copied."""
-    digest = hashlib.md5()
+def compress_method(start: bytes, size: int) -> int:
+    """Return the zip method of an entry of ``size`` bytes whose content begins with ``start``.
+
+    The method depends only on the content, so every export of a file picks the
+    same one. ``start`` must contain at least SAMPLE_BYTES, or the whole content when
+    it is shorter.
+    """
+    if size < STORE_MIN_BYTES:
+        return zipfile.ZIP_DEFLATED
+    sample = start[:SAMPLE_BYTES]
+    compressor = zlib.compressobj(SAMPLE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated_size = len(compressor.compress(sample)) + len(compressor.flush())
+    if deflated_size > len(sample) * (1 - STORE_MAX_SAVING):
+        return zipfile.ZIP_STORED
+    return zipfile.ZIP_DEFLATED
+
+
+def _read_start(source: BinaryIO) -> bytes:
+    """Read the first CHUNK_SIZE bytes of ``source`` (all of it when shorter), also from streams that return less."""
+    parts = []
+    remaining = CHUNK_SIZE
+    while remaining > 0 and (part := source.read(remaining)):
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _copy(start: bytes, source: BinaryIO, target: BinaryIO, *, limit: int) -> tuple[str, int]:
+    """Write ``start`` and then the rest of ``source`` to ``target``, and return the MD5 hex digest and size written.
+
+    Copying stops once more than ``limit`` bytes are written, because the content is then
+    known to differ from its record, and a longer copy could outgrow the entry's headers.
+    """
     size = 0
-    while chunk := source.read(CHUNK_SIZE):
-        digest.update(chunk)
-        size += len(chunk)
-        target.write(chunk)
-    return digest.hexdigest(), size
+    with BackgroundMd5() as digest:
+        chunk = start
+        while chunk:
+            digest.update(chunk)
+            target.write(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+            chunk = source.read(CHUNK_SIZE)
+        return digest.hexdigest(), size
 
 
 def _check_entry(entry: PackageEntry, digest: str, size: int) -> None:
     if size != entry.size or (entry.expected_md5 and digest != entry.expected_md5.lower()):
+        # ``_copy`` stops reading a file that is longer than recorded, so its size and MD5 are unknown.
+        found = f"more than {entry.size} bytes" if size > entry.size else f"{size} bytes and MD5 {digest}"
         raise ChecksumMismatchError(
-            f"Stored file for {entry.name} has {size} bytes and MD5 {digest}, but the repository records "
+            f"Stored file for {entry.name} has {found}, but the repository records "
             f"{entry.size} bytes and MD5 {entry.expected_md5}. The stored file is damaged; restore it from "
             "a backup before exporting."
         )
@@ -468,12 +522,19 @@ def package_matches(path: Path, *, manifest: bytes, entries: list[PackageEntry])
 
 
 def _entry_matches(archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: PackageEntry) -> bool:
-    if info.file_size != entry.size or info.compress_type != zipfile.ZIP_DEFLATED:
+    if info.file_size != entry.size:
         return False
     if entry.size == 0:
-        return True
+        return info.compress_type == zipfile.ZIP_DEFLATED
     if entry.expected_md5 is None:
         return False
     with archive.open(info) as stream:
-        digest, _size = md5_of(stream)
-    return digest == entry.expected_md5.lower()
+        start = _read_start(stream)
+        # The entry contains the same bytes as the file when the MD5 matches, so its method
+        # must be the one that a new export would pick for them.
+        if info.compress_type != compress_method(start, entry.size):
+            return False
+        digest = hashlib.md5(start)
+        while chunk := stream.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest() == entry.expected_md5.lower()
