@@ -155,9 +155,14 @@ def storage_copy(storage: Storage, source: str, target: str) -> None:
     source = _name_clean(source)
     target = _name_clean(target)
     backend = _backend(storage)
-    if not _attempt(storage, source, "Checking", lambda: backend.exists(source)):
-        raise AipError(f"File {source!r} to copy was not found in {_describe(storage)}.")
-    _attempt(storage, source, f"Copying to {target!r}", lambda: backend.copy(source, target))
+    missing = AipError(f"File {source!r} to copy was not found in {_describe(storage)}.")
+    # A file system copy finds a missing source itself; asking first would cost a call per file of a backup.
+    if not isinstance(backend, _FileSystemBackend) and not _attempt(storage, source, "Checking", lambda: backend.exists(source)):
+        raise missing
+    try:
+        _attempt(storage, source, f"Copying to {target!r}", lambda: backend.copy(source, target))
+    except _SourceMissingError:
+        raise missing from None
     logger.info("copied %s to %s in %s", source, target, _describe(storage))
 
 
@@ -226,14 +231,22 @@ def _staging_full_error(
     return StorageFullError(action=action, place=f"local staging folder {local}", cause=cause)
 
 
+class _SourceMissingError(Exception):
+    """Raised by a backend's copy when its source does not exist; not an ``OSError``, so never retried."""
+
+
+# Up to this many files, publishing asks for each whether it exists rather than listing the folder,
+# which for a backup folder of many packages costs far more.
+PUBLISH_CHECK_EACH = 100
+
+
 def _publish(storage: Storage, backend: _Backend, local: Path, folder: str) -> None:
     files = sorted(path for path in local.rglob("*") if path.is_file())
-    existing = set(storage_files(storage, folder))
+    existing = _existing_names(storage, backend, local, folder, files)
     published: list[str] = []
     try:
         for path in files:
-            relative = path.relative_to(local).as_posix()
-            name = posixpath.join(folder, relative) if folder else relative
+            name = _published_name(local, folder, path)
             _attempt(storage, name, "Publishing", lambda: backend.upload(path, name))
             published.append(name)
     except AipError:
@@ -261,6 +274,19 @@ def _neighbours_download(storage: Storage, backend: _Backend, name: str, local: 
         if in_folder and other != name and other.lower().endswith(PACKAGE_SUFFIXES):
             target = local / posixpath.basename(other)
             _attempt(storage, other, "Downloading", lambda: backend.download(other, target))
+
+
+def _existing_names(storage: Storage, backend: _Backend, local: Path, folder: str, files: list[Path]) -> set[str]:
+    """Return which of the names that ``files`` get in ``folder`` are stored already."""
+    if len(files) > PUBLISH_CHECK_EACH:
+        return set(storage_files(storage, folder))
+    names = [_published_name(local, folder, path) for path in files]
+    return {name for name in names if _attempt(storage, name, "Checking", lambda name=name: backend.exists(name))}
+
+
+def _published_name(local: Path, folder: str, path: Path) -> str:
+    relative = path.relative_to(local).as_posix()
+    return posixpath.join(folder, relative) if folder else relative
 
 
 def _attempt(storage: Storage, name: str, action: str, operation: Callable[[], T]) -> T:
@@ -445,10 +471,15 @@ class _FileSystemBackend(_Backend):
         path = self._target(target)
         temporary = path.with_name(f".{path.name}.copy-{os.getpid()}")
         temporary.unlink(missing_ok=True)
+        source_path = self.path(source)
         try:
-            os.link(self.path(source), temporary)
+            os.link(source_path, temporary)
+        except FileNotFoundError:
+            if not source_path.exists():
+                raise _SourceMissingError(source) from None
+            raise
         except OSError:
-            shutil.copyfile(self.path(source), temporary)
+            shutil.copyfile(source_path, temporary)
         os.replace(temporary, path)
 
     def md5(self, name: str) -> str:

@@ -49,11 +49,14 @@ def secrets_known() -> list[str]:
     return sorted({str(secret) for secret in candidates if secret and len(str(secret)) >= 4}, key=len, reverse=True)
 
 
-def redact(text: str) -> str:
-    """Return ``text`` without credentials, URL passwords and anything shaped like a password hash."""
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Return ``text`` without credentials, URL passwords and anything shaped like a password hash.
+
+    ``secrets`` is ``secrets_known()`` read once by a caller that redacts many texts.
+    """
     if not text:
         return text
-    for secret in secrets_known():
+    for secret in secrets_known() if secrets is None else secrets:
         text = text.replace(secret, REDACTED)
     text = _URL_PASSWORD.sub(lambda match: f"{match.group('scheme')}:{REDACTED}@", text)
     for pattern in _HASH_PATTERNS:
@@ -87,6 +90,7 @@ def events_record(job: Job, drafts: list[EventDraft]) -> list[JobEvent]:
     """Save ``drafts`` as events of ``job``, in order, with every text redacted."""
     now = timezone.now()
     actor = actor_of(job)
+    secrets = secrets_known()
     events = [
         JobEvent(
             job_id=job.pk,
@@ -96,8 +100,8 @@ def events_record(job: Job, drafts: list[EventDraft]) -> list[JobEvent]:
             object_type=draft.object_type[:16],
             handle=draft.handle[:256],
             uuid=draft.uuid[:64],
-            package=redact(draft.package)[:1024],
-            detail=redact(draft.detail),
+            package=redact(draft.package, secrets)[:1024],
+            detail=redact(draft.detail, secrets),
         )
         for draft in drafts
     ]
