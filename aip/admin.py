@@ -20,7 +20,7 @@ from django.http import FileResponse, Http404, HttpResponseNotAllowed, HttpRespo
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from aip import selectors
 from aip.admin_readonly import ReadOnlyAdminMixin
@@ -99,6 +99,7 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                            "retry_of", "cancel_requested")}),
         ("Arguments", {"fields": ("handle", "parent_handle", "path", "options", "recursive", "keep_existing",
                                   "use_workflow")}),
+        ("Split export", {"fields": ("part_count", "parent", "parts_list", "item_count")}),
         ("Progress", {"fields": ("progress", "created_at", "started_at", "finished_at", "heartbeat_at",
                                  "worker_name", "rq_job_id")}),
         ("Log", {"fields": ("log_text", "events_link")}),
@@ -487,6 +488,21 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             value,
             progress_text(job),
         )
+
+    @admin.display(description="part jobs")
+    def parts_list(self, job: Job) -> str:
+        parts = list(job.parts.order_by("pk").values_list("pk", "state"))
+        if not parts:
+            return "-"
+        links = [
+            format_html('<a href="{}">{}</a> ({})', reverse("admin:aip_job_change", args=[pk]), pk, state)
+            for pk, state in parts
+        ]
+        return format_html_join(", ", "{}", ((link,) for link in links))
+
+    @admin.display(description="items of this part")
+    def item_count(self, job: Job) -> str:
+        return str(len(job.batch)) if job.parent_id else "-"
 
     @admin.display(description="log")
     def events_link(self, job: Job) -> str:

@@ -230,7 +230,9 @@ def stored_manifest(storage, name: str) -> PackageManifest:
 # --- export ---------------------------------------------------------------------------------------
 
 
-def export_jobs_queue(modeladmin, request, *, objects: list, options: dict[str, str], recursive: bool) -> list[Job]:
+def export_jobs_queue(
+    modeladmin, request, *, objects: list, options: dict[str, str], recursive: bool, part_count: int = 0
+) -> list[Job]:
     """Queue one export job per object into ``exports/<time>/`` of the AIP storage; report each in a message."""
     try:
         email = eperson_email(request)
@@ -252,6 +254,7 @@ def export_jobs_queue(modeladmin, request, *, objects: list, options: dict[str, 
                 recursive=recursive,
                 user=request.user,
                 storage=AIP_STORAGE,
+                part_count=part_count,
             )
             job = job_enqueue(job)
         except AipError as error:
@@ -279,7 +282,10 @@ def export_page(modeladmin, request, *, objects: list, recursive: bool, title: s
     """
     form = ExportForm(request.POST if "apply" in request.POST else None, recursive=recursive)
     if form.is_bound and form.is_valid():
-        jobs = export_jobs_queue(modeladmin, request, objects=objects, options=form.options(), recursive=recursive)
+        jobs = export_jobs_queue(
+            modeladmin, request, objects=objects, options=form.options(), recursive=recursive,
+            part_count=form.part_count(),
+        )
         if jobs:
             return HttpResponseRedirect(reverse("admin:aip_job_changelist"))
     context = {

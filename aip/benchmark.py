@@ -13,6 +13,10 @@ Steps of a run (``benchmark_run``):
    files: copying each file once, and copying while computing its MD5.
 4. Drop both databases and delete the scratch folder, whatever happened.
 
+With ``parts`` set, the full export and the restore are split jobs
+(``aip.services.split``) run by ``workers`` RQ worker processes on a scratch Redis
+database, which must be empty when the run starts and is flushed when it ends.
+
 Each step runs in a child process (``python -m aip.benchmark STEP``), so its peak
 resident memory is its own: the child reads VmHWM from /proc/self/status when
 the step ends. VmHWM includes the interpreter and Django, which ``startup_rss_mb``
@@ -51,6 +55,8 @@ ITEMS_PER_COLLECTION = 1000
 ADMIN_EMAIL = "benchmark@example.org"
 SITE_PACKAGE = "SITE@{prefix}-0.zip"
 CHUNK_SIZE = 1024 * 1024
+# Seconds a worker of a split job waits with no RQ job queued, deferred or started before it gives up.
+SPLIT_IDLE_LIMIT = 60
 # Items are dated well before any run, so the incremental export finds none changed.
 ITEM_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -62,12 +68,15 @@ class BenchmarkError(Exception):
 
 @dataclass(frozen=True)
 class Shape:
-    """The repository a run generates and how many processes export it."""
+    """The repository a run generates, and how many processes export and copy it."""
 
     items: int
     files_per_item: int
     file_size: int  # bytes
+    # RQ workers that run the split export, and processes that run each copy baseline.
     workers: int = 1
+    # Part jobs of the split export and restore; 0 runs each in one process, without RQ.
+    parts: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,17 +137,27 @@ def benchmark_run(
     work_dir: Path | None = None,
     profile_dir: Path | None = None,
     report=lambda message: None,
+    redis_url: str = "",
 ) -> dict:
-    """Generate a repository of ``shape`` in scratch databases and folders, measure every step, and return the figures."""
+    """Generate a repository of ``shape`` in scratch databases and folders, measure every step, and return the figures.
+
+    ``redis_url`` names the scratch Redis database of the split jobs (``shape.parts``).
+    """
     if shape.items < 1 or shape.files_per_item < 0 or shape.file_size < 0 or shape.workers < 1:
         raise BenchmarkError(f"Invalid shape {shape}: items and workers must be at least 1, files and size at least 0.")
+    if shape.parts == 1 or shape.parts < 0:
+        raise BenchmarkError(f"Invalid number of parts {shape.parts}: give 2 or more for a split export, or 0.")
+    if shape.parts:
+        _redis_scratch_check(redis_url)
     folder = Path(tempfile.mkdtemp(prefix="aip-benchmark-", dir=work_dir))
     restore_name = f"{scratch_name}_restore"
     # Only databases this run created are dropped, so an existing database of that name is never touched.
     created: list[str] = []
     try:
         _database_create(server, scratch_name, created)
-        child = _ChildRunner(server=server, folder=folder, profile_dir=profile_dir)
+        child = _ChildRunner(
+            server=server, folder=folder, profile_dir=profile_dir, redis_url=redis_url if shape.parts else ""
+        )
         report(f"Preparing the scratch database {scratch_name}")
         child.run("prepare", database=scratch_name)
         _database_create(server, restore_name, created, template=scratch_name)
@@ -153,13 +172,53 @@ def benchmark_run(
         for name in reversed(created):
             _database_drop(server, name)
         shutil.rmtree(folder, ignore_errors=True)
+        if shape.parts:
+            _redis_flush(redis_url)
     return _summary(shape, generated, steps)
+
+
+def _redis_connect(redis_url: str):
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+
+def _redis_scratch_check(redis_url: str) -> None:
+    """Raise ``BenchmarkError`` unless ``redis_url`` names a reachable, empty Redis database."""
+    import redis
+
+    if not redis_url:
+        raise BenchmarkError("Split jobs need a scratch Redis database: give --redis-url.")
+    try:
+        keys = _redis_connect(redis_url).dbsize()
+    except redis.RedisError as error:
+        raise BenchmarkError(
+            f"Redis at {redis_url} is not reachable: {error}. Start Redis or give another --redis-url."
+        ) from error
+    if keys:
+        raise BenchmarkError(
+            f"Redis database {redis_url} contains {keys} key(s). The benchmark flushes its Redis database when it "
+            "ends, so give an empty one with --redis-url."
+        )
+
+
+def _redis_flush(redis_url: str) -> None:
+    import redis
+
+    try:
+        _redis_connect(redis_url).flushdb()
+    except redis.RedisError as error:
+        print(f"The scratch Redis database {redis_url} was not flushed: {error}", file=sys.stderr)
 
 
 def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report, steps: dict[str, dict]) -> None:
     """Run the measured steps in order, adding each one's figures to ``steps`` as it ends."""
-    report("Measuring the full export")
-    steps["export"] = child.run_parallel("export", database=source, workers=shape.workers)
+    if shape.parts:
+        report(f"Measuring the full export split into {shape.parts} part jobs, run by {shape.workers} RQ worker(s)")
+        steps["export"] = child.run_split("export", database=source, workers=shape.workers, parts=shape.parts)
+    else:
+        report("Measuring the full export")
+        steps["export"] = child.run("export", database=source)
     report("Measuring the incremental export")
     steps["incremental_export"] = child.run(
         "incremental_export", database=source, updated_after=steps["export"]["started_at"]
@@ -167,8 +226,12 @@ def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report
     report("Measuring a full backup, then an incremental backup with nothing changed")
     steps["full_backup"] = child.run("full_backup", database=source)
     steps["incremental_backup"] = child.run("incremental_backup", database=source)
-    report("Measuring the restore into the empty database")
-    steps["restore"] = child.run("restore", database=target)
+    if shape.parts:
+        report(f"Measuring the restore split into {shape.parts} part jobs, run by {shape.workers} RQ worker(s)")
+        steps["restore"] = child.run_split("restore", database=target, workers=shape.workers, parts=shape.parts)
+    else:
+        report("Measuring the restore into the empty database")
+        steps["restore"] = child.run("restore", database=target)
     report("Measuring the file copy baselines")
     for step in ("copy", "copy_md5"):
         steps[step] = child.run_parallel(step, database=source, workers=shape.workers)
@@ -226,20 +289,30 @@ def _database_drop(server: ScratchServer, name: str) -> None:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+# Children that queue or run the jobs of a split step; the others run their jobs in their own process.
+SPLIT_CHILD_STEPS = ("split_enqueue", "rq_worker", "split_outcome")
+
+
 class _ChildRunner:
     """Starts one child process per step and reads back the JSON result it writes."""
 
-    def __init__(self, *, server: ScratchServer, folder: Path, profile_dir: Path | None):
+    def __init__(self, *, server: ScratchServer, folder: Path, profile_dir: Path | None, redis_url: str = ""):
         self.server = server
         self.folder = folder
         self.profile_dir = profile_dir
+        self.redis_url = redis_url
 
-    def _start(self, step: str, *, database: str, worker: int = 0, workers: int = 1, **arguments) -> tuple:
-        result_path = self.folder / f"{step}-{worker}.json"
+    def _start(
+        self, step: str, *, database: str, worker: int = 0, workers: int = 1, label: str = "", **arguments
+    ) -> tuple:
+        """Start the child of ``step``; ``label`` (default the step) names its result and profile files."""
+        label = label or step
+        result_path = self.folder / f"{label}-{worker}.json"
         arguments.update(folder=str(self.folder), worker=worker, workers=workers, result=str(result_path))
         if self.profile_dir is not None:
-            arguments["profile"] = str(self.profile_dir / f"{step}-{worker}.prof")
-        bitstreams = "restored" if step == "restore" else "assetstore"
+            arguments["profile"] = str(self.profile_dir / f"{label}-{worker}.prof")
+        # A restore, split or not, stores the bitstreams it reads in a folder of its own.
+        bitstreams = "restored" if label.startswith("restore") else "assetstore"
         environment = dict(
             os.environ,
             # Jobs run in the child itself, so that a backup step times the backup and not a queue.
@@ -249,6 +322,8 @@ class _ChildRunner:
             AIP_STORAGE_ROOT=str(self.folder / "aips"),
             DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings"),
         )
+        if self.redis_url and step in SPLIT_CHILD_STEPS:
+            environment["REDIS_URL"] = self.redis_url
         process = subprocess.Popen(
             [sys.executable, "-m", "aip.benchmark", step, json.dumps(arguments)],
             cwd=PROJECT_DIR,
@@ -299,6 +374,37 @@ class _ChildRunner:
         for total in ("queries", "packages", "bytes_read", "bytes_written", "cpu_seconds"):
             combined[total] = sum(part.get(total, 0) for part in parts)
         return combined
+
+    def run_split(self, step: str, *, database: str, workers: int, parts: int) -> dict:
+        """Queue ``step`` (export or restore) of the site as a split job, run it with ``workers`` RQ workers.
+
+        The time runs from the moment the started workers may take jobs (the job is already
+        queued) to the moment its final job ended it, as recorded on its job row. CPU time and
+        queries are the sums over the workers, and peak memory is the largest worker's.
+        """
+        queued = self.run("split_enqueue", database=database, parts=parts, kind=step)
+        gate = self.folder / f"{step}-split.go"
+        started = [
+            self._start("rq_worker", database=database, worker=index, workers=workers, gate=str(gate),
+                        job_id=queued["job_id"], label=f"{step}-rq_worker")
+            for index in range(workers)
+        ]
+        self._open_gate(gate, started)
+        opened_at = time.time()
+        figures = [self._finish(f"rq_worker of the {step}", process, path) for process, path in started]
+        outcome = self.run("split_outcome", database=database, job_id=queued["job_id"])
+        return {
+            "started_at": opened_at,
+            "seconds": round(outcome["finished_at"] - opened_at, 3),
+            "cpu_seconds": round(sum(worker["cpu_seconds"] for worker in figures), 3),
+            "queries": sum(worker["queries"] for worker in figures),
+            "peak_rss_mb": max(worker["peak_rss_mb"] for worker in figures),
+            "startup_rss_mb": max(worker["startup_rss_mb"] for worker in figures),
+            "packages": outcome["packages"],
+            "bytes_written": outcome["bytes_written"],
+            "rq_workers": workers,
+            "parts": outcome["parts"],
+        }
 
 
 # The generated repository
@@ -579,33 +685,71 @@ def _step_export(arguments: dict) -> dict:
     from aip.services.export import object_export
 
     path = _site_package(Path(arguments["folder"]))
-    options = ExportOptions(recursive=True)
-    if arguments["workers"] == 1:
-        result = object_export(obj=site_get(), path=path, options=options)
-        return {"packages": len(result.packages), "bytes_written": result.bytes_written}
-    return _export_share(path, options, worker=arguments["worker"], workers=arguments["workers"])
+    result = object_export(obj=site_get(), path=path, options=ExportOptions(recursive=True))
+    return {"packages": len(result.packages), "bytes_written": result.bytes_written}
 
 
-def _export_share(site_path: Path, options, *, worker: int, workers: int) -> dict:
-    """Write this worker's share of a full export: worker 0 the containers, every worker every n-th item."""
-    from dataclasses import replace
+def _step_split_enqueue(arguments: dict) -> dict:
+    """Queue a split export of the site, or a split restore of its export in restore and replace mode (-r -a -f)."""
+    from django.conf import settings
 
-    from aip.selectors import package_file_name, site_get
-    from aip.services.export import package_write
-    from repository.models import Collection, Community, Item
+    from aip.models import Job
+    from aip.services.jobs import job_create, job_enqueue
 
-    single = replace(options, recursive=False)
-    objects = []
-    if worker == 0:
-        objects = [site_get(), *Community.objects.select_related("handle"), *Collection.objects.select_related("handle")]
-    items = Item.objects.filter(in_archive=True).select_related("handle").order_by("pk")
-    objects += [item for index, item in enumerate(items.iterator()) if index % workers == worker]
-    written = 0
-    for obj in objects:
-        path = site_path if obj.object_type == "SITE" else site_path.parent / package_file_name(obj)
-        package_write(obj=obj, path=path, options=single)
-        written += path.stat().st_size
-    return {"packages": len(objects), "bytes_written": written}
+    export = arguments["kind"] == "export"
+    job = job_create(
+        kind=Job.Kind.EXPORT if export else Job.Kind.REPLACE,
+        eperson_email=ADMIN_EMAIL,
+        handle=f"{settings.HANDLE_PREFIX}/0" if export else "",
+        path=_site_package(Path(arguments["folder"])),
+        recursive=True,
+        part_count=arguments["parts"],
+    )
+    return {"job_id": job_enqueue(job).pk}
+
+
+def _step_rq_worker(arguments: dict) -> dict:
+    """Run RQ jobs until the split job has ended; a burst run could end while another worker queues the parts."""
+    import django_rq
+    from rq.worker import SimpleWorker
+
+    from aip.models import Job
+
+    class Worker(SimpleWorker):
+        # No command channel: rq 2.12 polls it from a thread every 60 s, and stopping that thread when the
+        # worker quits can wait for a whole poll.
+        def subscribe(self) -> None:
+            self.pubsub_thread = None
+
+    queue = django_rq.get_queue("default")
+    idle_since = time.monotonic()
+    while True:
+        # Blocks on Redis for the next job, and returns after 1 s without one to check the split job's state.
+        worked = Worker([queue], connection=queue.connection).work(max_idle_time=1, logging_level="WARNING")
+        if Job.objects.get(pk=arguments["job_id"]).state in Job.FINISHED_STATES:
+            break
+        if worked or queue.count or queue.started_job_registry.count or queue.deferred_job_registry.count:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > SPLIT_IDLE_LIMIT:
+            raise BenchmarkError(
+                f"The split job {arguments['job_id']} did not end, and for {SPLIT_IDLE_LIMIT} s RQ had no "
+                "job queued, deferred or started: RQ lost its part jobs or its final job."
+            )
+    return {}
+
+
+def _step_split_outcome(arguments: dict) -> dict:
+    from aip.models import Job
+
+    job = Job.objects.get(pk=arguments["job_id"])
+    if job.state != Job.State.SUCCEEDED:
+        raise BenchmarkError(f"The split job {job.pk} ended {job.state}: {job.error}")
+    return {
+        "finished_at": job.finished_at.timestamp(),
+        "packages": job.objects_done,
+        "bytes_written": job.bytes_done,
+        "parts": job.parts.count(),
+    }
 
 
 def _step_incremental_export(arguments: dict) -> dict:
@@ -704,6 +848,9 @@ CHILD_STEPS = {
     "prepare": _step_prepare,
     "generate": _step_generate,
     "export": _step_export,
+    "split_enqueue": _step_split_enqueue,
+    "rq_worker": _step_rq_worker,
+    "split_outcome": _step_split_outcome,
     "incremental_export": _step_incremental_export,
     "full_backup": _step_full_backup,
     "incremental_backup": _step_incremental_backup,

@@ -14,6 +14,7 @@ from django.conf import settings
 from aip import selectors
 from aip.errors import InvalidOptionError
 from aip.options import export_options, ingest_options
+from aip.services.split import MAX_PARTS
 
 # Name of the STORAGES entry the admin writes exports and uploads to and reads packages from.
 AIP_STORAGE = "aips"
@@ -66,9 +67,21 @@ class ExportForm(forms.Form):
         ),
     )
 
+    parts = forms.IntegerField(
+        required=False,
+        min_value=2,
+        max_value=MAX_PARTS,
+        label="Split into part jobs (--parts)",
+        help_text="Number of jobs that share the items, so that that many workers export at once; a final job "
+        "writes the site, community and collection packages once every part has succeeded. Empty runs one job.",
+    )
+
     def __init__(self, *args, recursive: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.recursive = recursive
+        # Only an export with every descendant has items to share among part jobs.
+        if not recursive:
+            del self.fields["parts"]
 
     def clean(self):
         data = super().clean()
@@ -77,6 +90,10 @@ class ExportForm(forms.Form):
         except InvalidOptionError as error:
             raise forms.ValidationError(str(error)) from None
         return data
+
+    def part_count(self) -> int:
+        """Return the number of part jobs to split each export into, or 0 for one job."""
+        return self.cleaned_data.get("parts") or 0
 
     def options(self) -> dict[str, str]:
         """Return the options as the packager's ``-o`` takes them, leaving defaults out."""

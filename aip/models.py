@@ -52,6 +52,22 @@ class Job(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
 
+    # A split job: the parent job hands the tree's items to part jobs, which any worker may run. A final
+    # RQ job then ends the parent (see aip.services.split).
+    part_count = models.PositiveIntegerField(
+        default=0,
+        help_text="Recursive export or restore: split into this many part jobs (packager --parts); 0 runs one job.",
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="parts",
+        help_text="The split job this job is a part of.",
+    )
+    batch = models.JSONField(
+        default=list, blank=True,
+        help_text="Part of a split job: the items it handles, in order. An export lists primary keys, a restore "
+        "lists [package name, primary keys of the collections listing it].",
+    )
+
     # Progress: objects_total stays empty when the size of the run is not known in advance.
     objects_done = models.PositiveIntegerField(default=0)
     objects_total = models.PositiveIntegerField(null=True, blank=True)
@@ -73,7 +89,10 @@ class Job(models.Model):
         default=False, help_text="Set by Cancel on a running job; the worker stops at its next progress report."
     )
 
-    rq_job_id = models.CharField(max_length=64, blank=True, verbose_name="RQ job ID")
+    rq_job_id = models.CharField(
+        max_length=64, blank=True, verbose_name="RQ job ID",
+        help_text="RQ job that runs this job; for a running split job, the final job that ends it.",
+    )
     worker_name = models.CharField(max_length=256, blank=True)
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sign of life of the worker running this job."
@@ -102,6 +121,11 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in self.FINISHED_STATES
+
+    @property
+    def is_split(self) -> bool:
+        """True for the parent job of a split export or restore, which its part jobs and a final job carry out."""
+        return self.part_count > 1 and self.parent_id is None
 
 
 class BackupSchedule(models.Model):

@@ -69,6 +69,12 @@ class IngestOptions:
     use_workflow: bool = True
     # Read packages as manifest-only METS files; packages named *.xml are read that way anyway.
     manifest_only: bool = False
+    # The item packages that collections list are reported in ``IngestReport.deferred_items``, not
+    # ingested, so that the part jobs of a split restore can ingest them.
+    defer_items: bool = False
+    # New metadata fields and bitstream formats are committed at once, apart from the run's transaction, so
+    # that part jobs of a split restore that add the same field do not wait for each other (see ``registry_rows``).
+    commit_registries_apart: bool = False
 
 
 def ingest_options(

@@ -19,3 +19,10 @@ def fixity_check(share: str = "1/7") -> int:
     from aip.services.fixity import fixity_task
 
     return fixity_task(share)
+
+
+def finish_split_job(job_id: int) -> str:
+    """End split job ``job_id`` once its part jobs have ended, and return its final state."""
+    from aip.services.split import split_finish
+
+    return split_finish(job_id).state

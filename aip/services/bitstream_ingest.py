@@ -52,6 +52,7 @@ from aip.errors import (
 )
 from aip.mets.model import DimValue, FileRecord, PackageManifest
 from aip.mets.xmlsafe import parse_xml
+from aip.services.registry_rows import registry_row_commit
 from aip.package import CHUNK_SIZE, MANIFEST_NAME, PackageReader, process_alive
 from repository.models import Bitstream, BitstreamFormat, bitstream_storage
 
@@ -637,13 +638,15 @@ def _techmd_values(values: list[DimValue]) -> dict[tuple[str, str | None], str]:
 class FormatRegistry:
     """Finds bitstream formats by short description, MIME type or file extension; creates named ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, commit_apart: bool = False) -> None:
         self._formats = {fmt.short_description: fmt for fmt in BitstreamFormat.objects.all()}
+        # New formats are committed at once on a connection of their own (see ``registry_rows``).
+        self.commit_apart = commit_apart
 
     def resolve(self, *, short_description, mimetype, support_level=None, internal=None, file_name="") -> BitstreamFormat:
         if short_description:
             if short_description not in self._formats:
-                self._formats[short_description] = BitstreamFormat.objects.create(
+                self._formats[short_description] = self._create(
                     short_description=short_description,
                     mimetype=mimetype or "application/octet-stream",
                     support_level=SUPPORT_LEVELS.get((support_level or "").upper(), 0),
@@ -651,6 +654,12 @@ class FormatRegistry:
                 )
             return self._formats[short_description]
         return self.by_mimetype(mimetype) or self.by_extension(file_name) or self._formats["Unknown"]
+
+    def _create(self, **values) -> BitstreamFormat:
+        if not self.commit_apart:
+            return BitstreamFormat.objects.create(**values)
+        registry_row_commit(BitstreamFormat, {**values, "description": "", "extensions": []})
+        return BitstreamFormat.objects.get(short_description=values["short_description"])
 
     def by_mimetype(self, mimetype: str | None) -> BitstreamFormat | None:
         if not mimetype:

@@ -186,14 +186,21 @@ def _package_current(path: Path, manifest: bytes, entries: list[PackageEntry], *
 
 
 def object_export(
-    *, obj, path: Path, options: ExportOptions, progress: Callable[[Path], None] | None = None
+    *,
+    obj,
+    path: Path,
+    options: ExportOptions,
+    progress: Callable[[Path], None] | None = None,
+    item_present: Callable[[Path], bool] | None = None,
 ) -> ExportResult:
-    """Export ``obj`` to ``path`` and, when recursive, every descendant into the same folder."""
+    """Export ``obj`` to ``path`` and, when recursive, every descendant into the same folder.
+
+    An item whose package path ``item_present`` accepts is left alone and not counted in the
+    result: the final job of a split export passes it for the packages its part jobs wrote.
+    """
     started = time.monotonic()
     result = ExportResult()
-    if path.parent.is_dir():
-        for leftover in partial_files_sweep(path.parent):
-            logger.info("deleted %s, left by a killed export", leftover)
+    leftovers_delete(path.parent)
     pending = [(obj, path)]
     written: set[Path] = set()
     with _PackageWriter() as writer:
@@ -203,6 +210,8 @@ def object_export(
             if current_path in written:
                 continue
             written.add(current_path)
+            if item_present is not None and isinstance(current, Item) and item_present(current_path):
+                continue
             if _unchanged(current, options):
                 result.unchanged.append(current_path)
             else:
@@ -238,3 +247,34 @@ def _package_queue(
             progress(path)
 
     writer.submit(write, on_done)
+
+
+def items_export(
+    *, items: list[Item], folder: Path, options: ExportOptions, progress: Callable[[Path], None] | None = None
+) -> ExportResult:
+    """Export the package of each item in ``items`` into ``folder``, for a part of a split export.
+
+    Packages are named and resumed as in ``object_export``, so a part writes the same bytes as
+    an export of the whole tree.
+    """
+    started = time.monotonic()
+    result = ExportResult()
+    with _PackageWriter() as writer:
+        for index, item in enumerate(items):
+            path = folder / selectors.package_file_name(item, options.extension)
+            if _unchanged(item, options):
+                result.unchanged.append(path)
+                continue
+            upcoming = (items[after] for after in range(index + 1, len(items)) if not _unchanged(items[after], options))
+            items_prefetch_ahead(item, upcoming)
+            _package_queue(writer, item, path, options, result, progress)
+        writer.drain()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def leftovers_delete(folder: Path) -> None:
+    """Delete the temporary package files in ``folder`` that killed exports of this host left behind."""
+    if folder.is_dir():
+        for leftover in partial_files_sweep(folder):
+            logger.info("deleted %s, left by a killed export", leftover)

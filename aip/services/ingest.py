@@ -48,6 +48,8 @@ class IngestReport:
     files_stored: int = 0
     bytes_stored: int = 0
     seconds: float = 0.0
+    # With ``IngestOptions.defer_items``: each item package a collection lists, with that collection's primary key.
+    deferred_items: list[tuple[Path, int]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         lines = [f"Created {entry}" for entry in self.created]
@@ -85,20 +87,50 @@ def package_ingest(
 
     ``progress`` hears of each package read; raising from it (a cancelled job) rolls the run back.
     """
+    if progress is not None:
+        progress.total(package_count_estimate(path, recursive=options.recursive))
+    return _run_atomic(
+        options=options,
+        eperson_email=eperson_email,
+        progress=progress,
+        walk=lambda run: run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle),
+    )
+
+
+def item_packages_ingest(
+    *,
+    packages: list[tuple[Path, list[int]]],
+    options: IngestOptions,
+    eperson_email: str,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest item packages in one transaction, each with the primary keys of the collections that list it.
+
+    A part job of a split restore runs this after the first job restored the containers. The
+    parent of each item comes from its manifest, and the item is mapped into every listing
+    collection that is not its owner.
+    """
+    if progress is not None:
+        progress.total(len(packages))
+    return _run_atomic(
+        options=options, eperson_email=eperson_email, progress=progress, walk=lambda run: run.items_walk(packages)
+    )
+
+
+def _run_atomic(*, options: IngestOptions, eperson_email: str, progress: Progress | None, walk) -> IngestReport:
+    """Call ``walk`` with a new ``_IngestRun`` in one transaction; on any error roll back and delete stored files."""
     started = time.monotonic()
     report = IngestReport()
     # Files of runs killed before they could clean up go first, so a rerun leaves no orphans.
     ingest_runs_sweep()
     stored = StoredFiles()
-    if progress is not None:
-        progress.total(package_count_estimate(path, recursive=options.recursive))
     try:
         with transaction.atomic(), change_tracking_suspended():
             current_user = EPerson.objects.get(email__iexact=eperson_email)
             run = _IngestRun(
                 options=options, report=report, stored=stored, current_user=current_user, progress=progress
             )
-            run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle)
+            walk(run)
             report.roles = run.objects.roles.changes
             stored.deletions_record()
     except BaseException as error:
@@ -162,6 +194,11 @@ class _IngestRun:
             if result.obj.pk is None:
                 self.objects.batch.track(pending.path, result.obj)
             self._map_into(result.obj, pending.listed_by)
+            if self.options.defer_items and isinstance(result.obj, Collection) and result.follow_children:
+                self.report.deferred_items += [
+                    (child_package_path(pending.path, href), result.obj.pk) for href in result.children
+                ]
+                continue
             if self.options.recursive and result.follow_children:
                 listed_by = result.obj if isinstance(result.obj, Collection) else None
                 ancestors = (*pending.ancestors, pending.path)
@@ -177,6 +214,23 @@ class _IngestRun:
 
     def _item_inserted(self, path: Path, item: Item) -> None:
         self.done[path] = (Item, item.pk)
+
+    def items_walk(self, packages: list[tuple[Path, list[int]]]) -> None:
+        """Ingest each item package, and map the item into the collections (primary keys) that list it."""
+        for path, collection_ids in packages:
+            pending = _Pending(path=path, parent_handle=None, listed_by=None, is_top=False)
+            result = self._ingest_path(pending, None)
+            if self.progress is not None:
+                self.progress.advance(size=path.stat().st_size if path.exists() else 0)
+            if result.obj is None:
+                continue
+            if not isinstance(result.obj, Item):
+                raise InvalidPackageError(
+                    f"Package {path.name} describes a {result.obj.object_type}, but a collection lists it as an item. "
+                    "Fix the collection package's child references."
+                )
+            for collection in Collection.objects.filter(pk__in=collection_ids):
+                self._map_into(result.obj, collection)
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
         if not pending.is_top and not pending.path.exists():

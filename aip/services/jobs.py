@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +26,8 @@ import django_rq
 import redis
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Concat
+from django.db.models import Exists, F, OuterRef, Sum, Value
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 from rq import get_current_job
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -68,17 +69,25 @@ def job_create(
     use_workflow: bool = True,
     user=None,
     storage: str = "",
+    part_count: int = 0,
 ) -> Job:
     """Check the arguments as the packager command would and save a queued job.
 
     With ``storage`` (a STORAGES alias), ``path`` is a "/"-separated package name in that
     storage; without it, ``path`` is a file on the worker's disk.
 
+    With ``part_count`` above 1, a recursive export or restore is split into that many part
+    jobs that several workers run at once (see ``aip.services.split``).
+
     Raises ``AipError`` for an EPerson who is not an administrator, bad options, an export
-    without a handle, an unknown storage or an invalid name in it, so that a bad job fails
-    here and not in the worker.
+    without a handle, an unknown storage or an invalid name in it, or an invalid number of
+    parts, so that a bad job fails here and not in the worker.
     """
+    # Imported here because the split module builds on this one.
+    from aip.services.split import parts_check
+
     options = dict(options or {})
+    parts_check(part_count=part_count, kind=kind, recursive=recursive)
     if not is_administrator(EPerson.objects.filter(email__iexact=eperson_email).first()):
         raise AipError(
             f"EPerson {eperson_email!r} is not an administrator or does not exist; only members of the "
@@ -106,6 +115,7 @@ def job_create(
         recursive=recursive,
         keep_existing=keep_existing,
         use_workflow=use_workflow,
+        part_count=part_count if part_count > 1 else 0,
     )
     _options_check(job)
     job.full_clean()
@@ -120,6 +130,10 @@ def job_enqueue(job: Job) -> Job:
         logger.info("job %s runs in this process because REDIS_URL is not set", job.pk)
         job_run(job.pk)
         job.refresh_from_db()
+        if job.is_split and job.state == Job.State.RUNNING:
+            from aip.services.split import split_run_here
+
+            job = split_run_here(job)
         return job
 
     # The RQ job id is chosen now because the enqueue waits for the current transaction to
@@ -133,15 +147,8 @@ def job_enqueue(job: Job) -> Job:
 
 def _rq_enqueue(job: Job) -> None:
     """Put ``job`` on the queue now; if Redis cannot take it, mark the job failed instead of leaving it queued."""
-    queue = django_rq.get_queue("default", commit_mode="auto")
     try:
-        queue.enqueue(
-            "aip.tasks.run_job",
-            job.pk,
-            job_id=job.rq_job_id,
-            job_timeout=settings.AIP_JOB_TIMEOUT,
-            description=str(job),
-        )
+        rq_put(job)
     except redis.RedisError as error:
         message = (
             f"Enqueueing the job on Redis failed: {error}. Check REDIS_URL and that Redis is running, "
@@ -151,6 +158,17 @@ def _rq_enqueue(job: Job) -> None:
         Job.objects.filter(pk=job.pk).update(state=Job.State.FAILED, finished_at=timezone.now(), error=message)
         return
     logger.info("job %s enqueued as RQ job %s", job.pk, job.rq_job_id)
+
+
+def rq_put(job: Job) -> None:
+    """Put ``job`` on the RQ "default" queue as RQ job ``job.rq_job_id``; raise ``redis.RedisError`` on failure."""
+    django_rq.get_queue("default", commit_mode="auto").enqueue(
+        "aip.tasks.run_job",
+        job.pk,
+        job_id=job.rq_job_id,
+        job_timeout=settings.AIP_JOB_TIMEOUT,
+        description=str(job),
+    )
 
 
 def job_run(job_id: int) -> Job:
@@ -164,14 +182,39 @@ def job_run(job_id: int) -> Job:
         logger.warning("job %s is %s, not queued; it was not run", job_id, job.state)
         return job
 
-    recorder = _Recorder(job.pk)
-    target = job.handle or job.path
-    logger.info("job %s started: %s %s", job.pk, job.kind, target)
+    recorder = _Recorder(job.pk, parent_id=job.parent_id)
+    logger.info("job %s started: %s %s", job.pk, job.kind, job.handle or job.path)
     audit.event_record(job, JobEvent.Action.STARTED, handle=job.handle, detail=_job_describe(job))
+    return _job_execute(job, recorder, lambda: _job_work(job, recorder))
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """Result of a runner whose job other RQ jobs carry on and end, as the part jobs of a split export do.
+
+    ``start`` queues those jobs. It is called after this run's last write to the job row, so
+    that no late write of this run overwrites what they record.
+    """
+
+    start: Callable[[], None]
+
+
+def _job_work(job: Job, recorder: _Recorder) -> str | HandOver:
+    _export_total(job, recorder)
+    return _RUNNERS[job.kind](job, recorder)
+
+
+def _job_execute(job: Job, recorder: _Recorder, work: Callable[[], str | HandOver]) -> Job:
+    """Call ``work`` while reporting progress, and record the outcome of ``job``; ``work`` returns the result path."""
+    target = job.handle or job.path
     try:
         with _reporting(recorder):
-            _export_total(job, recorder)
-            result_path = _RUNNERS[job.kind](job, recorder)
+            outcome = work()
+        if isinstance(outcome, HandOver):
+            recorder.flush()
+            audit.events_record(job, recorder.events)
+            recorder.events = []
+            outcome.start()
     except JobCancelledError as error:
         logger.info("job %s (%s) cancelled", job.pk, target)
         _job_end(job, recorder, Job.State.CANCELLED, error=str(error))
@@ -185,14 +228,19 @@ def job_run(job_id: int) -> Job:
         logger.error("job %s (%s) failed with an unexpected error", job.pk, target, exc_info=redacted)
         _job_end(job, recorder, Job.State.FAILED, error=f"{type(error).__name__}: {error}")
     else:
-        logger.info("job %s (%s) succeeded", job.pk, target)
-        _job_end(job, recorder, Job.State.SUCCEEDED, result_path=result_path)
+        if isinstance(outcome, HandOver):
+            logger.info("job %s (%s) handed over to its part jobs", job.pk, target)
+        else:
+            logger.info("job %s (%s) succeeded", job.pk, target)
+            _job_end(job, recorder, Job.State.SUCCEEDED, result_path=outcome)
     job.refresh_from_db()
     return job
 
 
 def _job_describe(job: Job) -> str:
     source = f"{job.storage}:{job.path}" if job.storage else job.path
+    if job.parent_id is not None:
+        return f"Part of split job {job.parent_id}: {len(job.batch)} item(s) of {job.handle}; package {source}"
     flags = " with every descendant" if job.recursive else ""
     return f"{job.get_kind_display()} of {job.handle or job.parent_handle or source}{flags}; package {source}"
 
@@ -210,6 +258,10 @@ def job_retry(job: Job, *, user=None) -> Job:
         raise AipError(f"Job {job.pk} is {job.state}; only failed or cancelled jobs can be retried.")
     if job.kind == Job.Kind.BACKUP:
         return _backup_retry(job, user=user)
+    # Imported here because the split module builds on this one.
+    from aip.services.split import split_retry_check
+
+    split_retry_check(job)
     retry = job_create(
         kind=job.kind,
         eperson_email=job.eperson_email,
@@ -222,7 +274,9 @@ def job_retry(job: Job, *, user=None) -> Job:
         use_workflow=job.use_workflow,
         user=user or job.user,
         storage=job.storage,
+        part_count=job.part_count,
     )
+    # A split job's retry reads this to run again only the parts that did not succeed.
     retry.retry_of = job
     retry.save(update_fields=["retry_of"])
     logger.info("job %s retries job %s", retry.pk, job.pk)
@@ -257,9 +311,16 @@ def job_cancel(job: Job, *, user=None) -> Job:
         log=Concat(F("log"), Value(f"Cancelled by {who} before it started.\n")),
     )
     if cancelled:
-        _rq_cancel(job)
+        # A part of a split job stays in RQ, because RQ never runs the dependents of a cancelled job,
+        # and the split job's final job depends on it; a worker skips the part.
+        if job.parent_id is None:
+            _rq_cancel(job)
         logger.info("job %s cancelled by %s while queued", job.pk, who)
     elif Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(cancel_requested=True):
+        if job.is_split:
+            from aip.services.split import split_cancel
+
+            split_cancel(job, who=who)
         logger.info("job %s: cancel requested by %s", job.pk, who)
     else:
         job.refresh_from_db()
@@ -287,12 +348,11 @@ def jobs_reap(*, stale_after: timedelta) -> list[int]:
     """
     limit = timezone.now() - stale_after
     reaped = []
-    for job in Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=limit).order_by("pk"):
-        message = (
-            f"No heartbeat from worker {job.worker_name or '(unknown)'} since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
-            f"UTC, more than {int(stale_after.total_seconds())} s ago: the worker was killed or its machine was "
-            "lost. Retry the job."
-        )
+    # A split job has no worker of its own while its parts wait or run, so only its parts are checked then.
+    parts_unfinished = Job.objects.filter(parent=OuterRef("pk"), state__in=(Job.State.QUEUED, Job.State.RUNNING))
+    stale = Job.objects.filter(state=Job.State.RUNNING, heartbeat_at__lt=limit).exclude(Exists(parts_unfinished))
+    for job in stale.order_by("pk"):
+        message = _stale_message(job, stale_after)
         # The state and heartbeat are checked again in the update, so a job that moved on meanwhile is kept.
         updated = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, heartbeat_at=job.heartbeat_at).update(
             state=Job.State.FAILED, finished_at=timezone.now(), error=message
@@ -301,6 +361,20 @@ def jobs_reap(*, stale_after: timedelta) -> list[int]:
             logger.warning("job %s reaped: %s", job.pk, message)
             reaped.append(job.pk)
     return reaped + _lost_queued_reap(limit)
+
+
+def _stale_message(job: Job, stale_after: timedelta) -> str:
+    if job.is_split and job.parts.exists():
+        return (
+            f"Every part job has ended, but the final job of this split job has not ended it for more than "
+            f"{int(stale_after.total_seconds())} s: Redis lost the final job, or its worker was killed. Retry the "
+            "job; it runs again only the parts that did not succeed."
+        )
+    return (
+        f"No heartbeat from worker {job.worker_name or '(unknown)'} since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
+        f"UTC, more than {int(stale_after.total_seconds())} s ago: the worker was killed or its machine was "
+        "lost. Retry the job."
+    )
 
 
 def _lost_queued_reap(limit) -> list[int]:
@@ -351,7 +425,9 @@ def _ingest_options(job: Job):
 
 def _export_total(job: Job, recorder: _Recorder) -> None:
     """Tell the recorder how many packages an export will write; ingest and verify count their own."""
-    if job.kind in (Job.Kind.EXPORT, Job.Kind.BACKUP):
+    if job.parent_id is not None:
+        recorder.total(len(job.batch))
+    elif job.kind in (Job.Kind.EXPORT, Job.Kind.BACKUP):
         obj = selectors.object_by_handle(job.handle) if job.handle else selectors.site_get()
         if obj is not None:
             recorder.total(selectors.tree_size(obj) if job.recursive else 1)
@@ -375,8 +451,10 @@ class _Recorder:
     ``advance`` raises ``JobCancelledError`` in the service.
     """
 
-    def __init__(self, job_id: int):
+    def __init__(self, job_id: int, *, parent_id: int | None = None):
         self.job_id = job_id
+        # A part of a split job also writes the sums of all parts to its parent.
+        self.parent_id = parent_id
         self.objects_done = 0
         self.objects_total: int | None = None
         self.bytes_done = 0
@@ -422,6 +500,8 @@ class _Recorder:
         updated = Job.objects.filter(pk=self.job_id).update(
             heartbeat_at=timezone.now(), log=Concat(F("log"), Value(text)), **counters, **fields
         )
+        if updated and self.parent_id is not None:
+            _parent_totals_update(self.parent_id)
         if not updated:
             # The row is not visible from this connection (the job runs inside a transaction that has not
             # committed, as in tests), so the lines wait for a write that can see it.
@@ -449,6 +529,16 @@ class _Recorder:
             return
         if force or time.monotonic() - self.last_write >= PROGRESS_INTERVAL:
             self.flush()
+
+
+def _parent_totals_update(parent_id: int) -> None:
+    """Set the progress of a running split job to the sums of its parts, and refresh its heartbeat."""
+    parts = Job.objects.filter(parent=OuterRef("pk")).values("parent")
+    Job.objects.filter(pk=parent_id, state=Job.State.RUNNING).update(
+        objects_done=Coalesce(parts.annotate(total=Sum("objects_done")).values("total"), 0),
+        bytes_done=Coalesce(parts.annotate(total=Sum("bytes_done")).values("total"), 0),
+        heartbeat_at=timezone.now(),
+    )
 
 
 @contextmanager
@@ -496,12 +586,19 @@ def _locked(job: Job, recorder: _Recorder, keys: list[locks.LockKey]) -> Iterato
         yield
 
 
-def _export_run(job: Job, recorder: _Recorder) -> str:
+def _export_run(job: Job, recorder: _Recorder) -> str | HandOver:
     """Export into a local folder, or into the folder of ``job.path`` in ``job.storage``.
 
     A storage export writes the whole tree into a staging folder first and publishes it only
     when the export succeeded, so a failed or cancelled export leaves the storage as it was.
+    A split export instead hands its items to part jobs, and each part publishes its own.
     """
+    if job.is_split or job.parent_id is not None:
+        from aip.services import split_export
+
+        if job.is_split:
+            return split_export.export_start(job, recorder)
+        return split_export.export_part_run(job, recorder)
     options = export_options(job.options, recursive=job.recursive)
     obj = selectors.object_by_handle_or_error(job.handle)
     if job.storage:
@@ -543,7 +640,13 @@ def _export_drafts(result) -> list[audit.EventDraft]:
     ]
 
 
-def _ingest_run(job: Job, recorder: _Recorder) -> str:
+def _ingest_run(job: Job, recorder: _Recorder) -> str | HandOver:
+    if job.is_split or job.parent_id is not None:
+        from aip.services import split_restore
+
+        if job.is_split:
+            return split_restore.restore_start(job, recorder)
+        return split_restore.restore_part_run(job, recorder)
     options = _ingest_options(job)
     with _package_source(job) as path:
         keys = locks.ingest_keys(
@@ -563,6 +666,12 @@ def _ingest_run(job: Job, recorder: _Recorder) -> str:
                 eperson_email=job.eperson_email,
                 progress=recorder,
             )
+    ingest_record(recorder, report)
+    return ""
+
+
+def ingest_record(recorder: _Recorder, report) -> None:
+    """Record what an ingest did: an audit event per object, the counts, and the warnings and report lines."""
     recorder.events += (
         audit.report_drafts(JobEvent.Action.CREATED, report.created)
         + audit.report_drafts(JobEvent.Action.REPLACED, report.replaced)
@@ -571,7 +680,6 @@ def _ingest_run(job: Job, recorder: _Recorder) -> str:
     recorder.objects_done = len(report.created) + len(report.replaced) + len(report.skipped)
     recorder.bytes_done = report.bytes_stored
     recorder.lines([f"WARNING: {warning}" for warning in report.warnings] + report.lines())
-    return ""
 
 
 def _verify_run(job: Job, recorder: _Recorder) -> str:
@@ -635,7 +743,7 @@ def _package_source(job: Job):
     return staged_read(aip_storage(job.storage), job.path, with_folder=job.recursive)
 
 
-_RUNNERS: dict[str, Callable[[Job, _Recorder], str]] = {
+_RUNNERS: dict[str, Callable[[Job, _Recorder], str | HandOver]] = {
     Job.Kind.EXPORT: _export_run,
     Job.Kind.VERIFY: _verify_run,
     Job.Kind.BACKUP: _backup_run,

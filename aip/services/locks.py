@@ -276,7 +276,7 @@ def ingest_keys(
     only what the arguments name; the ingest then reports why the package is bad.
     """
     keys = [file_key(storage, path, exclusive=False)]
-    handle, manifest_parent = _top_manifest_handles(local_path, manifest_only=manifest_only)
+    handle, manifest_parent = top_manifest_handles(local_path, manifest_only=manifest_only)
     targets = [name for name in (replace_handle, handle) if name]
     for target in targets:
         keys += handle_keys(target, exclusive=True)
@@ -286,7 +286,8 @@ def ingest_keys(
     return keys
 
 
-def _top_manifest_handles(path: Path, *, manifest_only: bool) -> tuple[str | None, str | None]:
+def top_manifest_handles(path: Path, *, manifest_only: bool) -> tuple[str | None, str | None]:
+    """Return the handle and parent handle that the manifest of the package at ``path`` names, or None for each."""
     # Imported here because reading a manifest loads the METS reader, which the other lock users never need.
     from aip.mets.reader import read_manifest
     from aip.package import package_open

@@ -9,14 +9,17 @@ from __future__ import annotations
 from aip.errors import UnknownMetadataError
 from aip.mets.model import DimValue
 from aip.services.manifests import COLLECTION_FIELDS, COMMUNITY_FIELDS
+from aip.services.registry_rows import registry_row_commit
 from repository.models import Collection, MetadataField, MetadataSchema, MetadataValue, object_kwargs
 
 
 class FieldRegistry:
     """Looks up, and when allowed creates, metadata fields for one ingest run."""
 
-    def __init__(self, *, create_missing: bool) -> None:
+    def __init__(self, *, create_missing: bool, commit_apart: bool = False) -> None:
         self.create_missing = create_missing
+        # New fields are committed at once on a connection of their own (see ``registry_rows``).
+        self.commit_apart = commit_apart
         self._schemas: dict[str, MetadataSchema] = {}
         self._fields: dict[tuple[str, str, str | None], MetadataField] = {}
 
@@ -49,7 +52,11 @@ class FieldRegistry:
                 f"Metadata field {name} used in {source} is not in the registry, and createMetadataFields "
                 "is false. Add the field in the admin or run again with -o createMetadataFields=true."
             )
-        return MetadataField.objects.create(schema=schema, element=key[1], qualifier=key[2])
+        if not self.commit_apart:
+            return MetadataField.objects.create(schema=schema, element=key[1], qualifier=key[2])
+        values = {"schema": schema.pk, "element": key[1], "qualifier": key[2], "scope_note": ""}
+        registry_row_commit(MetadataField, values)
+        return MetadataField.objects.get(schema=schema, element=key[1], qualifier=key[2])
 
 
 def values_replace(obj, values: list[DimValue], registry: FieldRegistry, *, source: str, existing: bool = True) -> None:

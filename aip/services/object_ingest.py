@@ -36,8 +36,10 @@ class ObjectIngester:
         self.stored = stored
         self.current_user = current_user
         self.warn = warn
-        self.fields = FieldRegistry(create_missing=options.create_metadata_fields)
-        self.formats = FormatRegistry()
+        self.fields = FieldRegistry(
+            create_missing=options.create_metadata_fields, commit_apart=options.commit_registries_apart
+        )
+        self.formats = FormatRegistry(commit_apart=options.commit_registries_apart)
         self.handle_aliases: dict[str, object] = {}
         self.ignored_sections = frozenset(settings.AIP_INGEST_IGNORED_SECTIONS)
         mode = "restore"

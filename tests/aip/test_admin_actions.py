@@ -170,6 +170,31 @@ def test_export_recursive_writes_tree(admin_client, demo, aips):
 
 
 @pytest.mark.django_db
+def test_export_recursive_split_into_parts(admin_client, demo, aips):
+    collection = Collection.objects.filter(owned_items__isnull=False).distinct().order_by("pk").first()
+
+    action_post(admin_client, "collection", "export_aip_recursive", [collection], apply="yes", parts="2")
+
+    job = Job.objects.get(parent__isnull=True)
+    packages = stored(aips)
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.part_count == 2
+    assert job.parts.count() == 2
+    assert job.result_path in packages
+    assert len([name for name in packages if "/ITEM@" in name]) == sum(len(part.batch) for part in job.parts.all())
+
+
+@pytest.mark.django_db
+def test_export_single_object_has_no_parts_field(admin_client, demo):
+    item = Item.objects.filter(withdrawn=False, handle__isnull=False).order_by("pk").first()
+
+    response = action_post(admin_client, "item", "export_aip", [item])
+
+    assert b"Include password hashes" in response.content
+    assert b"Split into part jobs" not in response.content
+
+
+@pytest.mark.django_db
 def test_export_invalid_option_is_form_error(admin_client, demo):
     item = item_with_files()
 

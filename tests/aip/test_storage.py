@@ -542,6 +542,65 @@ def test_s3_export_job_failure_publishes_nothing(demo, s3_storage, settings, bit
     assert storage_files(s3_storage, "") == []
 
 
+def test_s3_split_export_job(demo, s3_storage, settings, tmp_path):
+    settings.REDIS_URL = ""
+    local_export = tmp_path / "local"
+    local_export.mkdir()
+    export_site(local_export)
+
+    export = job_enqueue(job_create(
+        kind=Job.Kind.EXPORT, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, recursive=True,
+        path=f"site/{SITE_PACKAGE}", storage="aips", part_count=3,
+    ))
+
+    assert export.state == Job.State.SUCCEEDED, export.error
+    assert export.parts.count() == 3
+    assert export.result_path == f"site/{SITE_PACKAGE}"
+    assert storage_files(s3_storage, "site") == [f"site/{name}" for name in sorted(package_bytes(local_export))]
+    with staged_read(s3_storage, f"site/{SITE_PACKAGE}", with_folder=True) as path:
+        assert package_bytes(path.parent) == package_bytes(local_export)
+
+
+def test_s3_split_restore_job(demo, s3_storage, settings, bitstream_storage):
+    settings.REDIS_URL = ""
+    export = job_enqueue(job_create(
+        kind=Job.Kind.EXPORT, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, recursive=True,
+        path=f"site/{SITE_PACKAGE}", storage="aips",
+    ))
+    assert export.state == Job.State.SUCCEEDED, export.error
+    before = database_snapshot()
+    repository_wipe()
+    shutil.rmtree(bitstream_storage)
+    bitstream_storage.mkdir()
+
+    restore = job_enqueue(job_create(
+        kind=Job.Kind.REPLACE, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, recursive=True,
+        path=f"site/{SITE_PACKAGE}", storage="aips", part_count=2,
+    ))
+
+    assert restore.state == Job.State.SUCCEEDED, restore.error
+    assert restore.parts.count() == 3
+    assert database_snapshot() == before
+
+
+def test_s3_split_export_failed_part_publishes_no_container(demo, s3_storage, settings, bitstream_storage):
+    settings.REDIS_URL = ""
+    # A file of one item, so that only the part holding that item fails.
+    bitstream = Bitstream.objects.filter(bundle__item__in_archive=True).exclude(file="").order_by("pk").first()
+    (bitstream_storage / bitstream.file.name).unlink()
+
+    job = job_enqueue(job_create(
+        kind=Job.Kind.EXPORT, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, recursive=True,
+        path=f"site/{SITE_PACKAGE}", storage="aips", part_count=3,
+    ))
+
+    stored = storage_files(s3_storage, "")
+    assert job.state == Job.State.FAILED
+    assert "part job(s) did not succeed, so the container packages were not written" in job.error
+    assert stored
+    assert all(name.startswith("site/ITEM@") for name in stored)
+
+
 def test_s3_recursive_verify_job(demo, s3_storage, settings, tmp_path):
     settings.REDIS_URL = ""
     with staged_write(s3_storage, "site") as local:

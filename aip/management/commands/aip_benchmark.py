@@ -10,6 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aip.benchmark import BenchmarkError, Shape, benchmark_run, scratch_server
 
+# The tests of split exports use this database too; the benchmark rejects it while it contains keys.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
 
@@ -40,7 +42,17 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--workers", type=int, default=1,
-            help="Processes that export (and copy, for the baselines) at once; restore is always one process.",
+            help="RQ workers that run the export and the restore as split jobs, and processes that copy for the "
+            "baselines. With 1 and no --parts, the export and the restore each run in one process without RQ.",
+        )
+        parser.add_argument(
+            "--parts", type=int,
+            help="Part jobs of the split export and restore (default: twice --workers, or none with one worker).",
+        )
+        parser.add_argument(
+            "--redis-url", default=DEFAULT_REDIS_URL,
+            help=f"Scratch Redis database of the split jobs' queue (default {DEFAULT_REDIS_URL}); it must be empty, "
+            "and it is flushed when the benchmark ends.",
         )
         parser.add_argument(
             "--scratch-name", default=f"aip_bench_{os.getpid()}",
@@ -51,12 +63,16 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the figures as JSON instead of a table.")
 
     def handle(self, *args, **options) -> None:
+        parts = options["parts"]
+        if parts is None:
+            parts = 0 if options["workers"] == 1 else 2 * options["workers"]
         try:
             shape = Shape(
                 items=options["items"],
                 files_per_item=options["files"],
                 file_size=byte_size(options["file_size"]),
                 workers=options["workers"],
+                parts=parts,
             )
         except ValueError as error:
             raise CommandError(f"--file-size: {error}.") from None
@@ -73,6 +89,7 @@ class Command(BaseCommand):
                 work_dir=Path(options["work_dir"]) if options["work_dir"] else None,
                 profile_dir=profile_dir,
                 report=progress,
+                redis_url=options["redis_url"],
             )
         except BenchmarkError as error:
             raise CommandError(str(error)) from None
@@ -87,7 +104,8 @@ def figures_table(figures: dict) -> str:
     shape = figures["shape"]
     lines = [
         f"{shape['items']} items x {shape['files_per_item']} file(s) of {shape['file_size']} bytes, "
-        f"{shape['workers']} worker(s)",
+        f"{shape['workers']} worker(s)"
+        + (f", export and restore split into {shape['parts']} part jobs on RQ" if shape["parts"] else ""),
         "",
         f"{'step':<20} {'seconds':>9} {'CPU s':>7} {'items/s':>9} {'ratio':>14} {'peak MB':>8} {'queries/item':>13}",
     ]

@@ -64,6 +64,11 @@ class Command(BaseCommand):
             "Without REDIS_URL, the job runs at once in this process.",
         )
         parser.add_argument(
+            "--parts", type=int, default=0, metavar="N",
+            help="With -d -a or -r -a, and --background: split the export or restore into N part jobs, which N "
+            "workers can run at once. See 'Split jobs' in docs/packager.md.",
+        )
+        parser.add_argument(
             "--storage", metavar="ALIAS", default="",
             help="FILE is a name in this STORAGES entry (such as 'aips', which may be S3), not a local path. "
             "The run is recorded as a job; without --background it runs in this process.",
@@ -85,6 +90,15 @@ class Command(BaseCommand):
     def _check_common(self, options: dict) -> None:
         if options["type"].upper() != "AIP":
             raise CommandError(f"Package type {options['type']!r} is not supported; use -t AIP.")
+        if options["parts"] and not ((options["disseminate"] or options["restore"]) and options["all"]):
+            raise CommandError(
+                f"--parts {options['parts']} only applies to a recursive export or restore; add -d -a or -r -a."
+            )
+        if options["parts"] and not options["background"]:
+            raise CommandError(
+                f"--parts needs --background: the {options['parts']} part jobs run on RQ workers. Add --background, "
+                "or leave out --parts to run in this process."
+            )
         person = EPerson.objects.filter(email__iexact=options["eperson"]).first()
         if person is None:
             raise CommandError(
@@ -216,6 +230,7 @@ class Command(BaseCommand):
             recursive=options["all"],
             keep_existing=options["keep_existing"],
             use_workflow=not options["no_workflow"],
+            part_count=options["parts"],
         )
         if storage and not options["background"]:
             return self._job_report(job_run(job.pk), why=f"its package is in storage {storage!r}")
