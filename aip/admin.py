@@ -317,7 +317,7 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 options=form.options(),
                 recursive=data["recursive"],
                 keep_existing=data["mode"] == RestoreForm.MODE_KEEP,
-                use_workflow=form.use_workflow(),
+                use_workflow=form.workflow_wanted(),
                 user=request.user,
                 storage=AIP_STORAGE,
             )

@@ -240,10 +240,11 @@ class RestoreForm(forms.Form):
             keep_existing=mode == self.MODE_KEEP,
             replace=mode == self.MODE_REPLACE,
             recursive=self.cleaned_data.get("recursive", False),
-            use_workflow=self.use_workflow(),
+            use_workflow=self.workflow_wanted(),
         )
 
-    def use_workflow(self) -> bool:
+    def workflow_wanted(self) -> bool:
+        """Tell whether submitted items go through their collection's workflow; other modes do not submit."""
         return self.cleaned_data["mode"] != self.MODE_SUBMIT or bool(self.cleaned_data.get("use_workflow"))
 
 

@@ -289,6 +289,22 @@ def test_submit_upload_creates_item(admin_client, demo, aips, tmp_path):
     assert len(job_log_entries(job, ADDITION)) == 1
 
 
+@pytest.mark.parametrize("ticked", [True, False])
+def test_submit_workflow_checkbox_reaches_job(admin_client, demo, aips, tmp_path, ticked):
+    item = item_with_files()
+    name = stored_item_package(aips, tmp_path, item)
+    form = {"stored": name, "mode": "submit", "parent_handle": item.owning_collection.handle_string,
+            "create_metadata_fields": "on"}
+    if ticked:
+        form["use_workflow"] = "on"
+
+    page = admin_client.get(reverse("admin:aip_job_restore"))
+    admin_client.post(reverse("admin:aip_job_restore"), form)
+
+    assert 'name="use_workflow"' in page.content.decode()
+    assert Job.objects.get().use_workflow is ticked
+
+
 @pytest.mark.django_db
 def test_upload_keeps_package_name(admin_client, demo, aips, tmp_path):
     item = item_with_files()
