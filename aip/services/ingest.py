@@ -94,6 +94,7 @@ def package_ingest(
         eperson_email=eperson_email,
         progress=progress,
         walk=lambda run: run.walk(path, parent_handle=parent_handle, replace_handle=replace_handle),
+        label=path.name,
     )
 
 
@@ -113,11 +114,17 @@ def item_packages_ingest(
     if progress is not None:
         progress.total(len(packages))
     return _run_atomic(
-        options=options, eperson_email=eperson_email, progress=progress, walk=lambda run: run.items_walk(packages)
+        options=options,
+        eperson_email=eperson_email,
+        progress=progress,
+        walk=lambda run: run.items_walk(packages),
+        label=f"{len(packages)} item package(s) from {packages[0][0].parent}" if packages else "no item packages",
     )
 
 
-def _run_atomic(*, options: IngestOptions, eperson_email: str, progress: Progress | None, walk) -> IngestReport:
+def _run_atomic(
+    *, options: IngestOptions, eperson_email: str, progress: Progress | None, walk, label: str
+) -> IngestReport:
     """Call ``walk`` with a new ``_IngestRun`` in one transaction; on any error roll back and delete stored files."""
     started = time.monotonic()
     report = IngestReport()
@@ -135,7 +142,7 @@ def _run_atomic(*, options: IngestOptions, eperson_email: str, progress: Progres
             stored.deletions_record()
     except BaseException as error:
         stored.delete_all()
-        full = bitstream_storage_full(error, action=f"Ingesting {path.name}")
+        full = bitstream_storage_full(error, action=f"Ingesting {label}")
         if full is not None:
             raise full from error
         raise
@@ -231,6 +238,7 @@ class _IngestRun:
                 )
             for collection in Collection.objects.filter(pk__in=collection_ids):
                 self._map_into(result.obj, collection)
+        self.objects.batch.flush()
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
         if not pending.is_top and not pending.path.exists():
