@@ -47,7 +47,7 @@ from aip.storage import (
     aip_storage,
     staged_read,
     staged_write,
-    storage_copy,
+    storage_copy_folder,
     storage_delete_folder,
     storage_files,
 )
@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "backup.json"
 INDEX_FORMAT = 1
 FOLDER_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+# Unchanged packages copied between two progress reports (and cancel checks).
+COPY_BATCH = 500
 
 
 @dataclass
@@ -158,8 +160,9 @@ def _backup_write(backup: Backup, job: Job, storage: Storage, top_name: str, rec
         contents = _Contents(packages={path.name: _local_entry(path) for path in sorted(local.iterdir())})
 
     to_copy = [name for name in unchanged if name in based_index]
+    for start in range(0, len(to_copy), COPY_BATCH):
+        _packages_copy(storage, based_on, backup, to_copy[start:start + COPY_BATCH], based_index, recorder)
     for name in to_copy:
-        _package_copy(storage, based_on, backup, name, based_index[name], recorder)
         contents.packages[name] = {**based_index[name], "copied": True}
     contents.changed = sorted(
         name for name, entry in contents.packages.items()
@@ -238,11 +241,18 @@ def _local_entry(path: Path) -> dict:
     return {"md5": md5, "size": size, "copied": False}
 
 
-def _package_copy(
-    storage: Storage, based_on: Backup, backup: Backup, name: str, entry: dict, recorder: _Recorder
+def _packages_copy(
+    storage: Storage, based_on: Backup, backup: Backup, names: list[str], index: dict[str, dict], recorder: _Recorder
 ) -> None:
-    storage_copy(storage, f"{based_on.folder}/{name}", f"{backup.folder}/{name}")
-    recorder.advance(objects=1, size=entry["size"], line=f"Copied {name} from {based_on.folder}")
+    """Copy a batch of unchanged packages from ``based_on``; progress and cancel are checked once per batch."""
+    storage_copy_folder(storage, based_on.folder, backup.folder, names)
+    recorder.lines([f"Copied {name} from {based_on.folder}" for name in names[:-1]])
+    last = names[-1]
+    recorder.advance(
+        objects=len(names),
+        size=sum(index[name]["size"] for name in names),
+        line=f"Copied {last} from {based_on.folder}",
+    )
 
 
 def _index_write(storage: Storage, backup: Backup, based_on: Backup | None, top_name: str, contents: _Contents) -> None:

@@ -28,6 +28,7 @@ from aip.storage import (
     staged_read,
     staged_write,
     storage_copy,
+    storage_copy_folder,
     storage_delete_folder,
     storage_files,
     storage_md5,
@@ -319,6 +320,28 @@ def test_storage_copy_replaces_target(any_storage):
 def test_storage_copy_missing_source(any_storage):
     with pytest.raises(AipError, match="'one/ITEM@123456789-2.zip' to copy was not found in storage 'aips'"):
         storage_copy(any_storage, "one/ITEM@123456789-2.zip", "two/ITEM@123456789-2.zip")
+
+
+def test_storage_copy_folder_copies_and_replaces(any_storage):
+    names = ["ITEM@123456789-2.zip", "ITEM@123456789-3.zip"]
+    files_publish(any_storage, {"one/" + names[0]: b"two", "one/" + names[1]: b"three", "two/" + names[1]: b"stale"})
+
+    storage_copy_folder(any_storage, "one", "two", names)
+
+    assert stored_bytes(any_storage, "two/" + names[0]) == b"two"
+    assert stored_bytes(any_storage, "two/" + names[1]) == b"three"
+
+
+def test_storage_copy_folder_missing_source(any_storage):
+    files_publish(any_storage, {"one/ITEM@123456789-2.zip": b"two"})
+
+    with pytest.raises(AipError, match="'one/ITEM@123456789-9.zip' to copy was not found in storage 'aips'"):
+        storage_copy_folder(any_storage, "one", "two", ["ITEM@123456789-2.zip", "ITEM@123456789-9.zip"])
+
+
+def test_storage_copy_folder_rejects_paths(filesystem_storage):
+    with pytest.raises(AipError, match="Storage name .* is invalid"):
+        storage_copy_folder(filesystem_storage, "one", "two", ["../ITEM@123456789-2.zip"])
 
 
 def test_storage_copy_filesystem_links(filesystem_storage):
