@@ -79,6 +79,20 @@ def exported_items(collection: Collection) -> QuerySet[Item]:
     )
 
 
+# Set by ``children_listed`` on the instance it lists the children of.
+_CHILDREN = "_aip_children"
+
+
+def children_listed(obj) -> list:
+    """Return ``children_of(obj)``, read once per instance: an export lists them in the manifest and walks them.
+
+    For use within one export only, where the instance is dropped once its package is written.
+    """
+    if not hasattr(obj, _CHILDREN):
+        setattr(obj, _CHILDREN, children_of(obj))
+    return getattr(obj, _CHILDREN)
+
+
 def children_of(obj) -> list:
     """Return the objects whose AIPs the AIP of ``obj`` lists, in package order."""
     if isinstance(obj, Site):

@@ -207,7 +207,7 @@ def _logo_record(owner, content: PackageContent, unauthorized: str | None) -> Fi
 def _children(obj) -> list[ChildReference]:
     return [
         ChildReference(object_type=child.object_type, href=selectors.package_file_name(child), handle=child.handle_string)
-        for child in selectors.children_of(obj)
+        for child in selectors.children_listed(obj)
     ]
 
 

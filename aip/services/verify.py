@@ -50,6 +50,9 @@ PARENT_TYPES = {"COMMUNITY": ("SITE", "COMMUNITY"), "COLLECTION": ("COMMUNITY",)
 # which includes NotImplementedError).
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError)
 
+# Packages that ``known_good`` names are counted in progress reports of this many.
+KNOWN_GOOD_REPORT = 500
+
 
 @dataclass
 class VerifyReport:
@@ -134,6 +137,9 @@ def tree_verify(
         if current.name in known_good and _is_file(current):
             report.packages += 1
             report.known_good += 1
+            # Reported in batches: a backup may hold many thousand copies, each checked by its caller already.
+            if progress is not None and report.known_good % KNOWN_GOOD_REPORT == 0:
+                progress.advance(objects=KNOWN_GOOD_REPORT)
             continue
         manifest = _package_verify(current, schema_dir=schema_dir, report=report)
         if progress is not None:
@@ -145,6 +151,8 @@ def tree_verify(
             below = (*ancestors, current)
             pending.extend((child, below) for child in reversed(_child_paths(current, manifest, report)))
 
+    if progress is not None and report.known_good % KNOWN_GOOD_REPORT:
+        progress.advance(objects=report.known_good % KNOWN_GOOD_REPORT)
     _parents_verify(read, report)
     report.seconds = time.monotonic() - started
     logger.info("verified %s: %s", path.name, report.summary())
