@@ -86,11 +86,22 @@ _CHILDREN = "_aip_children"
 def children_listed(obj) -> list:
     """Return ``children_of(obj)``, read once per instance: an export lists them in the manifest and walks them.
 
-    For use within one export only, where the instance is dropped once its package is written.
+    For use within one export only, which takes the list back with ``children_taken``.
     """
     if not hasattr(obj, _CHILDREN):
         setattr(obj, _CHILDREN, children_of(obj))
     return getattr(obj, _CHILDREN)
+
+
+def children_taken(obj) -> list:
+    """Return the children ``children_listed`` kept on ``obj`` (or read them now), and drop them from ``obj``.
+
+    The site instance lives for the whole export: were its communities, their collections and
+    their items kept on it, every item read would stay in memory until the export ends.
+    """
+    children = children_listed(obj)
+    delattr(obj, _CHILDREN)
+    return children
 
 
 def children_of(obj) -> list:

@@ -219,7 +219,7 @@ def object_export(
                 items_prefetch_ahead(current, (item for item, _ in reversed(pending) if not _unchanged(item, options)))
                 _package_queue(writer, current, current_path, options, result, progress)
             if options.recursive:
-                children = selectors.children_listed(current)
+                children = selectors.children_taken(current)
                 # Reversed so that the stack pops children in package order.
                 for child in reversed(children):
                     pending.append((child, path.parent / selectors.package_file_name(child, options.extension)))

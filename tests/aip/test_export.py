@@ -690,3 +690,12 @@ def test_progress_follows_finished_packages(demo, export_dir):
     assert finished == result.packages
     assert len(finished) == 16
     assert sorted(path.name for path in finished) == files_in(export_dir)
+
+
+def test_export_keeps_no_children_on_instances(demo, export_dir):
+    # The top instance lives for the whole export; a child list left on it would keep every item read in memory.
+    site = site_get()
+
+    object_export(obj=site, path=export_dir / "SITE@123456789-0.zip", options=ExportOptions(recursive=True))
+
+    assert not hasattr(site, "_aip_children")
