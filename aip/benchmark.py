@@ -144,7 +144,11 @@ def benchmark_run(
     ``redis_url`` names the scratch Redis database of the split jobs (``shape.parts``).
     """
     if shape.items < 1 or shape.files_per_item < 0 or shape.file_size < 0 or shape.workers < 1:
-        raise BenchmarkError(f"Invalid shape {shape}: items and workers must be at least 1, files and size at least 0.")
+        raise BenchmarkError(
+            f"Invalid benchmark shape: --items {shape.items}, --files {shape.files_per_item}, --file-size "
+            f"{shape.file_size}, --workers {shape.workers}. Give at least 1 item and 1 worker, and no negative "
+            "number of files or size."
+        )
     if shape.parts == 1 or shape.parts < 0:
         raise BenchmarkError(f"Invalid number of parts {shape.parts}: give 2 or more for a split export, or 0.")
     if shape.parts:

@@ -104,6 +104,11 @@ def test_benchmark_rejects_configured_database():
         call_command("aip_benchmark", items=1, scratch_name=configured, stdout=io.StringIO())
 
 
+def test_benchmark_rejects_zero_items():
+    with pytest.raises(CommandError, match="--items 0, .*Give at least 1 item"):
+        call_command("aip_benchmark", items=0, scratch_name=f"aip_bench_zero_{os.getpid()}")
+
+
 def test_benchmark_rejects_invalid_file_size():
     with pytest.raises(CommandError, match="invalid size '4X'"):
         call_command("aip_benchmark", items=1, file_size="4X", stdout=io.StringIO())

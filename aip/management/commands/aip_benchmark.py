@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from aip.benchmark import BenchmarkError, Shape, benchmark_run, scratch_server
 
 # The tests of split exports use this database too; the benchmark rejects it while it contains keys.
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
 
