@@ -20,6 +20,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from django.db import connection
+
 from aip.models import Job
 from aip.services import locks
 from aip.services.ingest import item_packages_ingest, package_ingest
@@ -93,7 +95,9 @@ def _item_entries(deferred: list[tuple[Path, int]]) -> list[list]:
 
 def restore_part_run(job: Job, recorder: _Recorder) -> str:
     """Restore the item packages of part ``job`` in one transaction."""
-    options = replace(_ingest_options(job), commit_registries_apart=True)
+    # SQLite lets one transaction write at a time, so parts cannot collide on registry rows there, and a
+    # second connection would wait for the part's own transaction to end.
+    options = replace(_ingest_options(job), commit_registries_apart=connection.vendor == "postgresql")
     with _locked(job, recorder, _part_keys(job)), _packages_staged(job) as packages:
         report = item_packages_ingest(
             packages=packages, options=options, eperson_email=job.eperson_email, progress=recorder

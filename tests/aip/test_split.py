@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import django_rq
 import pytest
 import redis
+from django.conf import settings as settings_module
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
@@ -493,3 +496,33 @@ def test_registry_row_commit_outlives_rollback():
 
     assert MetadataField.objects.filter(schema=schema, element="split", qualifier="test").count() == 1
     assert MetadataField.objects.get(schema=schema, element="split", qualifier="test").pk == field.pk
+
+
+def test_split_restore_on_sqlite_matches_export(demo, tmp_path):
+    # SQLite, the embedded default, lets one transaction write at a time: a part must not wait for
+    # a second connection of its own. The restore runs in a subprocess on a new SQLite database.
+    export = tmp_path / "export"
+    export_site(export)
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        BITSTREAM_ROOT=str(tmp_path / "assetstore"),
+        AIP_STORAGE_ROOT=str(tmp_path / "aips"),
+        REDIS_URL="",
+    )
+    manage = [sys.executable, str(Path(settings_module.BASE_DIR) / "manage.py")]
+    again = tmp_path / "again"
+    steps = [
+        ["migrate", "-v", "0"],
+        ["create_administrator", "--email", ADMIN_EMAIL, "--password", "a long password"],
+        ["packager", "--background", "--parts", "3", "-r", "-f", "-u", "-a", "-t", "AIP", "-e", ADMIN_EMAIL,
+         "-i", "123456789/0", str(export / "SITE@123456789-0.zip")],
+        ["packager", "-d", "-a", "-t", "AIP", "-e", ADMIN_EMAIL, "-i", "123456789/0",
+         str(again / "SITE@123456789-0.zip")],
+    ]
+
+    for step in steps:
+        done = subprocess.run(manage + step, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{step[0]}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+
+    assert package_bytes(again) == package_bytes(export)
