@@ -169,8 +169,8 @@ def storage_copy(storage: Storage, source: str, target: str) -> None:
 def storage_copy_folder(storage: Storage, source: str, target: str, names: list[str]) -> None:
     """Copy the files ``names`` of folder ``source`` into folder ``target`` of the same storage.
 
-    A file system storage links them all in one pass, which costs a few system calls per file
-    rather than a round of name checks and path building; other storages copy one at a time.
+    A file system storage links them all in one pass, at a few system calls per file instead of
+    name checks and path building for each. Other storages copy one file at a time.
     """
     backend = _backend(storage)
     if not isinstance(backend, _FileSystemBackend):
@@ -261,8 +261,8 @@ class _SourceMissingError(Exception):
     """Raised by a backend's copy when its source does not exist; not an ``OSError``, so never retried."""
 
 
-# Up to this many files, publishing asks for each whether it exists rather than listing the folder,
-# which for a backup folder of many packages costs far more.
+# Up to this many files, publishing checks each one's existence instead of listing the folder,
+# because listing a backup folder of many packages costs far more.
 PUBLISH_CHECK_EACH = 100
 
 

@@ -649,25 +649,30 @@ def _ingest_run(job: Job, recorder: _Recorder) -> str | HandOver:
         return split_restore.restore_part_run(job, recorder)
     options = _ingest_options(job)
     with _package_source(job) as path:
-        keys = locks.ingest_keys(
-            path,
-            storage=job.storage,
-            path=job.path,
-            replace_handle=job.handle or None,
-            parent_handle=job.parent_handle or None,
-            manifest_only=options.manifest_only,
-        )
-        with _locked(job, recorder, keys):
-            report = package_ingest(
-                path=path,
-                options=options,
-                parent_handle=job.parent_handle or None,
-                replace_handle=job.handle or None,
-                eperson_email=job.eperson_email,
-                progress=recorder,
-            )
+        report = ingest_locked(job, recorder, path, options)
     ingest_record(recorder, report)
     return ""
+
+
+def ingest_locked(job: Job, recorder: _Recorder, path: Path, options):
+    """Ingest the package at ``path`` for ``job`` while holding the locks of the objects it writes."""
+    keys = locks.ingest_keys(
+        path,
+        storage=job.storage,
+        path=job.path,
+        replace_handle=job.handle or None,
+        parent_handle=job.parent_handle or None,
+        manifest_only=options.manifest_only,
+    )
+    with _locked(job, recorder, keys):
+        return package_ingest(
+            path=path,
+            options=options,
+            parent_handle=job.parent_handle or None,
+            replace_handle=job.handle or None,
+            eperson_email=job.eperson_email,
+            progress=recorder,
+        )
 
 
 def ingest_record(recorder: _Recorder, report) -> None:

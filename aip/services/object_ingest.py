@@ -113,7 +113,7 @@ class ObjectIngester:
         return True
 
     def item_create_waiting(self, reader: PackageReader, manifest: PackageManifest, *, parent: Collection, source: str):
-        """Create a new item whose rows wait in the batch; ``item_is_new`` must have said yes."""
+        """Create a new item whose rows wait in the batch. Call it only after ``item_is_new`` returned True."""
         return self.create(
             reader, manifest, parent=parent, handle=handle_new(manifest.handle, "ITEM"), source=source, waiting=True
         )
@@ -327,8 +327,8 @@ class ObjectIngester:
     def _bitstream(self, reader, record: FileRecord, *, bundle, position: int, source: str) -> Bitstream | None:
         """Store the file of ``record`` and return its unsaved bitstream, or None for an empty placeholder.
 
-        The bitstream has the file's own UUID when the package states one; the batch replaces
-        it by a new one on submit, or when another bitstream has it.
+        The bitstream has the file's own UUID when the package states one. The batch replaces
+        it by a new one on submit, or when another bitstream already uses it.
         """
         if bitstream_ingest.is_placeholder(reader, record):
             self.warn(f"{source}: file {record.href} is an empty placeholder for unreadable content; skipped.")

@@ -24,8 +24,16 @@ from django.db import connection
 
 from aip.models import Job
 from aip.services import locks
-from aip.services.ingest import item_packages_ingest, package_ingest
-from aip.services.jobs import HandOver, _ingest_options, _locked, _package_source, _Recorder, ingest_record
+from aip.services.ingest import item_packages_ingest
+from aip.services.jobs import (
+    HandOver,
+    _ingest_options,
+    _locked,
+    _package_source,
+    _Recorder,
+    ingest_locked,
+    ingest_record,
+)
 from aip.services.split import (
     carried_batches,
     contiguous_batches,
@@ -63,23 +71,7 @@ def _containers_restore(job: Job, recorder: _Recorder):
     """Restore every package but the items in one transaction; return the report and the top object's handle."""
     options = replace(_ingest_options(job), defer_items=True)
     with _package_source(job) as path:
-        keys = locks.ingest_keys(
-            path,
-            storage=job.storage,
-            path=job.path,
-            replace_handle=job.handle or None,
-            parent_handle=job.parent_handle or None,
-            manifest_only=options.manifest_only,
-        )
-        with _locked(job, recorder, keys):
-            report = package_ingest(
-                path=path,
-                options=options,
-                parent_handle=job.parent_handle or None,
-                replace_handle=job.handle or None,
-                eperson_email=job.eperson_email,
-                progress=recorder,
-            )
+        report = ingest_locked(job, recorder, path, options)
         handle = job.handle or locks.top_manifest_handles(path, manifest_only=options.manifest_only)[0] or ""
     ingest_record(recorder, report)
     return report, handle
@@ -95,8 +87,8 @@ def _item_entries(deferred: list[tuple[Path, int]]) -> list[list]:
 
 def restore_part_run(job: Job, recorder: _Recorder) -> str:
     """Restore the item packages of part ``job`` in one transaction."""
-    # SQLite lets one transaction write at a time, so parts cannot collide on registry rows there, and a
-    # second connection would wait for the part's own transaction to end.
+    # SQLite lets one transaction write at a time, so parts cannot collide on registry rows there.
+    # A second connection would also wait for the part's own transaction to end.
     options = replace(_ingest_options(job), commit_registries_apart=connection.vendor == "postgresql")
     with _locked(job, recorder, _part_keys(job)), _packages_staged(job) as packages:
         report = item_packages_ingest(
