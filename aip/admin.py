@@ -320,6 +320,7 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 use_workflow=form.workflow_wanted(),
                 user=request.user,
                 storage=AIP_STORAGE,
+                part_count=form.part_count(),
             )
             job = job_enqueue(job)
         except AipError as error:

@@ -22,6 +22,13 @@ AIP_STORAGE = "aips"
 DEFAULT_TRUE_FALSE = (("", "Default"), ("true", "Yes"), ("false", "No"))
 
 
+def parts_field(help_text: str) -> forms.IntegerField:
+    """Return the field of the number of part jobs of a split export or restore (``packager --parts``)."""
+    return forms.IntegerField(
+        required=False, min_value=2, max_value=MAX_PARTS, label="Split into part jobs (--parts)", help_text=help_text
+    )
+
+
 class ExportForm(forms.Form):
     """Export options (``-o``) of one or more export jobs."""
 
@@ -67,13 +74,9 @@ class ExportForm(forms.Form):
         ),
     )
 
-    parts = forms.IntegerField(
-        required=False,
-        min_value=2,
-        max_value=MAX_PARTS,
-        label="Split into part jobs (--parts)",
-        help_text="Number of jobs that share the items, so that that many workers export at once; a final job "
-        "writes the site, community and collection packages once every part has succeeded. Empty runs one job.",
+    parts = parts_field(
+        "Number of jobs that share the items, so that that many workers export at once; a final job writes the "
+        "site, community and collection packages once every part has succeeded. Empty runs one job."
     )
 
     def __init__(self, *args, recursive: bool, **kwargs):
@@ -177,6 +180,11 @@ class RestoreForm(forms.Form):
         label="Send submitted items through their collection's workflow",
         help_text="Submit only; unticked is the packager's -w.",
     )
+    parts = parts_field(
+        "Restore or replace with all child packages only. The job first restores the site, communities and "
+        "collections, then that many part jobs restore the items at once, each all-or-nothing; a failed part can "
+        "be retried alone. Empty runs one job, all-or-nothing as a whole."
+    )
 
     def __init__(self, *args, package_names: list[str], modes: list[str], **kwargs):
         super().__init__(*args, **kwargs)
@@ -201,7 +209,22 @@ class RestoreForm(forms.Form):
                 self.ingest_options()
             except InvalidOptionError as error:
                 raise forms.ValidationError(str(error)) from None
+            self._parts_check(data)
         return data
+
+    def _parts_check(self, data: dict) -> None:
+        if not data.get("parts"):
+            return
+        if data["mode"] == self.MODE_SUBMIT:
+            self.add_error("parts", "A submit cannot be split into part jobs: its items need the new handles of "
+                           "their collections from the same job. Leave the field empty.")
+        elif not data.get("recursive"):
+            self.add_error("parts", "Only a restore with all child packages (-a) can be split into part jobs. "
+                           "Tick that box, or leave the field empty.")
+
+    def part_count(self) -> int:
+        """Return the number of part jobs to split the restore into, or 0 for one job."""
+        return self.cleaned_data.get("parts") or 0
 
     def _parent_needed_check(self, data: dict) -> None:
         if data.get("mode") == self.MODE_SUBMIT:

@@ -884,3 +884,53 @@ def test_export_staff_with_permission_queues(client, demo, aips):
     assert b'value="export_aip"' in listing.content
     assert job.eperson_email == "staff@example.org"
     assert job.state == Job.State.SUCCEEDED, job.error
+
+
+def stored_tree(aips: Path, tmp_path: Path, collection: Collection) -> str:
+    """Export ``collection`` with its items into the "aips" storage; return the top package's name."""
+    local = tmp_path / "tree" / f"COLLECTION@{collection.handle_string.replace('/', '-')}.zip"
+    packager("-d", "-a", "-i", collection.handle_string, str(local))
+    shutil.copytree(local.parent, aips / "tree")
+    return f"tree/{local.name}"
+
+
+@pytest.mark.django_db
+def test_replace_split_into_parts(admin_client, demo, aips, tmp_path):
+    collection = Collection.objects.filter(owned_items__isnull=False).distinct().order_by("pk").first()
+    name = stored_tree(aips, tmp_path, collection)
+    items = sorted(Item.objects.filter(owning_collection=collection).values_list("handle__handle", flat=True))
+
+    response = admin_client.post(reverse("admin:aip_job_restore"), {
+        "stored": name, "mode": "replace", "recursive": "on", "parts": "2", "create_metadata_fields": "on",
+        "confirm": "yes",
+    })
+
+    job = Job.objects.get(parent__isnull=True)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.part_count == 2
+    parts = list(job.parts.order_by("pk"))
+    # The first part records the collection, which the split job restored itself.
+    assert [len(part.batch) for part in parts[1:]] == [len(items) // 2, len(items) - len(items) // 2]
+    restored = [name for part in parts for name, _collections in part.batch]
+    assert sorted(restored) == sorted(f"ITEM@{handle.replace('/', '-')}.zip" for handle in items)
+    assert sorted(Item.objects.filter(owning_collection=collection).values_list("handle__handle", flat=True)) == items
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mode": "submit", "recursive": "on", "parent_handle": SITE_HANDLE}, "A submit cannot be split"),
+        ({"mode": "restore"}, "Only a restore with all child packages (-a) can be split"),
+        ({"mode": "restore", "recursive": "on", "parts": "1"}, "greater than or equal to 2"),
+    ],
+)
+@pytest.mark.django_db
+def test_restore_parts_rejected(admin_client, demo, aips, tmp_path, fields, message):
+    name = stored_item_package(aips, tmp_path, item_with_files())
+
+    response = admin_client.post(reverse("admin:aip_job_restore"), {"stored": name, "parts": "2", **fields})
+
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Job.objects.exists()
