@@ -224,6 +224,9 @@ class _IngestRun:
 
     def items_walk(self, packages: list[tuple[Path, list[int]]]) -> None:
         """Ingest each item package, and map the item into the collections (primary keys) that list it."""
+        # One query for the whole batch: a collection deleted since the split job listed it maps nothing.
+        listed = {collection_id for _path, collection_ids in packages for collection_id in collection_ids}
+        existing = set(Collection.objects.filter(pk__in=listed).values_list("pk", flat=True))
         for path, collection_ids in packages:
             pending = _Pending(path=path, parent_handle=None, listed_by=None, is_top=False)
             result = self._ingest_path(pending, None)
@@ -236,8 +239,9 @@ class _IngestRun:
                     f"Package {path.name} describes a {result.obj.object_type}, but a collection lists it as an item. "
                     "Fix the collection package's child references."
                 )
-            for collection in Collection.objects.filter(pk__in=collection_ids):
-                self._map_into(result.obj, collection)
+            for collection_id in sorted(existing.intersection(collection_ids)):
+                if result.obj.owning_collection_id != collection_id:
+                    self.objects.batch.map_into(result.obj, collection_id)
         self.objects.batch.flush()
 
     def _ingest_path(self, pending: _Pending, replace_handle: str | None) -> _Result:
