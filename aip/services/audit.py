@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from aip.models import Job, JobEvent
@@ -81,31 +82,55 @@ def actor_of(job: Job) -> str:
     return job.eperson_email + (f" (admin user {user.username})" if user is not None else "")
 
 
-def event_record(job: Job, action: str, **fields) -> JobEvent:
+def event_record(job: Job, action: str, **fields) -> None:
     """Save one event of ``job`` now."""
-    return events_record(job, [EventDraft(action=action, **fields)])[0]
+    events_record(job, [EventDraft(action=action, **fields)])
 
 
-def events_record(job: Job, drafts: list[EventDraft]) -> list[JobEvent]:
-    """Save ``drafts`` as events of ``job``, in order, with every text redacted."""
-    now = timezone.now()
-    actor = actor_of(job)
+# Columns of an event row, in the order events_record gives their values.
+EVENT_FIELDS = ("job", "at", "action", "actor", "object_type", "handle", "uuid", "package", "detail")
+
+
+def events_record(job: Job, drafts: list[EventDraft]) -> None:
+    """Save ``drafts`` as events of ``job``, in order, with every text redacted.
+
+    A backup job records an event for each of tens of thousands of copied packages. The
+    rows skip the ORM: building and preparing a model instance per row took twice as long
+    as the insert itself (0.47 s against 0.24 s for 10,000 events on PostgreSQL).
+    """
+    if not drafts:
+        return
+    at = JobEvent._meta.get_field("at").get_db_prep_value(timezone.now(), connection)
+    actor = actor_of(job)[:254]
     secrets = secrets_known()
-    events = [
-        JobEvent(
-            job_id=job.pk,
-            at=now,
-            action=draft.action,
-            actor=actor[:254],
-            object_type=draft.object_type[:16],
-            handle=draft.handle[:256],
-            uuid=draft.uuid[:64],
-            package=redact(draft.package, secrets)[:1024],
-            detail=redact(draft.detail, secrets),
+    rows = [
+        (
+            job.pk,
+            at,
+            draft.action,
+            actor,
+            draft.object_type[:16],
+            draft.handle[:256],
+            draft.uuid[:64],
+            redact(draft.package, secrets)[:1024],
+            redact(draft.detail, secrets),
         )
         for draft in drafts
     ]
-    return JobEvent.objects.bulk_create(events)
+    fields = [JobEvent._meta.get_field(name) for name in EVENT_FIELDS]
+    table = connection.ops.quote_name(JobEvent._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    # In autocommit, SQLite would commit (and sync to disk) each row of the executemany on its own.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement whatever the number of rows: each column goes as one array.
+            arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})", [list(column) for column in zip(*rows)]
+            )
+        else:
+            placeholders = ", ".join(["%s"] * len(fields))
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)
 
 
 def package_draft(action: str, name: str, detail: str = "") -> EventDraft:

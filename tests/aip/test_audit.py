@@ -1,7 +1,13 @@
 """The audit trail of jobs: JobEvent rows from export, ingest, verify and backup runs, and their admin pages."""
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
 from django.urls import reverse
 
 from aip.models import Backup, Job, JobEvent
@@ -136,3 +142,31 @@ def test_admin_shows_trail_inline_and_filters_events(demo, tmp_path, client, adm
     assert "Succeeded" in by_action
     assert "1 job event" in by_handle
     assert collection.handle_string in by_handle
+
+
+# Run by manage.py shell on a new SQLite database: record events of a job and print them.
+SQLITE_EVENTS = """
+import json
+from aip.models import Job
+from aip.services import audit
+job = Job.objects.create(kind="export", eperson_email="admin@example.org", path="/tmp/x")
+audit.events_record(job, [audit.package_draft("copied", f"ITEM@123456789-{number}.zip") for number in range(3)])
+audit.event_record(job, "failed", detail="postgres://user:secret-password@127.0.0.1/db failed")
+print(json.dumps(list(job.events.order_by("id").values_list("action", "handle", "detail"))))
+"""
+
+
+def test_events_recorded_on_sqlite(tmp_path):
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", REDIS_URL="")
+    manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+
+    for command in (["migrate", "-v", "0"], ["shell", "-c", SQLITE_EVENTS]):
+        done = subprocess.run(manage + command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        ["copied", "123456789/0", ""],
+        ["copied", "123456789/1", ""],
+        ["copied", "123456789/2", ""],
+        ["failed", "", "postgres://user:[redacted]@127.0.0.1/db failed"],
+    ]
