@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from aip.benchmark import STEPS, BenchmarkError, scratch_server
+from aip.benchmark import STEPS, BenchmarkError, memory_warm, peak_rss_mb, scratch_server
 
 ITEMS = 20
 FILES = 2
@@ -43,6 +43,19 @@ def test_benchmark_reports_every_step(figures):
         assert step["seconds"] > 0, name
         assert 20 < step["peak_rss_mb"] < 1000, name
         assert step["items_per_second"] > 0, name
+
+
+def test_benchmark_memory_settles_by_default(figures):
+    assert figures["memory_state"] == "settled"
+
+
+def test_memory_warm_leaves_peak_memory_as_it_was():
+    before = peak_rss_mb()
+
+    memory_warm(300 * 1024 * 1024)
+
+    # Without the reset, the peak would include the 300 MB touched.
+    assert peak_rss_mb() < before + 100
 
 
 def test_benchmark_generates_requested_shape(figures):

@@ -60,6 +60,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--work-dir", help="Folder for the scratch files (default: the system temporary folder).")
         parser.add_argument("--profile", help="Folder to write a cProfile file per step into (<step>-<worker>.prof).")
+        parser.add_argument(
+            "--warm-memory",
+            action="store_true",
+            help="Touch the memory each step writes just before it starts, instead of pausing until freed memory "
+            "has gone back to the hypervisor (see docs/benchmarks.md, \"Memory of a virtual machine\").",
+        )
         parser.add_argument("--json", action="store_true", help="Print the figures as JSON instead of a table.")
 
     def handle(self, *args, **options) -> None:
@@ -90,6 +96,7 @@ class Command(BaseCommand):
                 profile_dir=profile_dir,
                 report=progress,
                 redis_url=options["redis_url"],
+                warm_memory=options["warm_memory"],
             )
         except BenchmarkError as error:
             raise CommandError(str(error)) from None
@@ -97,6 +104,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(figures, indent=2))
         else:
             self.stdout.write(figures_table(figures))
+
+
+MEMORY_STATES = {
+    "settled": "returned to the hypervisor before each step, which pauses when the files take 256 MiB or more",
+    "warmed": "touched by each step just before it started (--warm-memory)",
+}
 
 
 def figures_table(figures: dict) -> str:
@@ -122,5 +135,6 @@ def figures_table(figures: dict) -> str:
         f"Incremental export: {figures['incremental_export_method']}.",
         f"Backups: {figures['backup_method']}.",
         f"Peak memory: {figures['memory_method']}.",
+        f"Memory written by the steps: {MEMORY_STATES[figures['memory_state']]}.",
     ]
     return "\n".join(lines)
