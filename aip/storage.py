@@ -538,7 +538,13 @@ class _FileSystemBackend(_Backend):
         base = self.path(folder) if folder else root
         if not base.is_dir():
             return []
-        names = [path.relative_to(root).as_posix() for path in base.rglob("*") if path.is_file()]
+        # os.walk rather than Path.rglob: a backup folder has a file per item, and building a Path
+        # for each took most of the listing.
+        names = []
+        for folder_path, _folders, files in os.walk(base):
+            relative = os.path.relpath(folder_path, root).replace(os.sep, "/")
+            prefix = "" if relative == "." else relative + "/"
+            names += [prefix + file for file in files if os.path.isfile(os.path.join(folder_path, file))]
         return [name for name in names if name.split("/", 1)[0] != FILE_SYSTEM_STAGING]
 
     def delete(self, names: list[str]) -> None:
