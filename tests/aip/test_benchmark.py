@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from aip.benchmark import STEPS, BenchmarkError, memory_warm, peak_rss_mb, scratch_server
+from aip.management.commands.aip_benchmark import figures_table
 
 ITEMS = 20
 FILES = 2
@@ -139,3 +140,20 @@ def test_benchmark_keeps_existing_scratch_database():
     finally:
         with psycopg.connect(server.url("postgres"), autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_table_shows_ratio_below_one_hundredth():
+    figures = {
+        "shape": {"items": 2, "files_per_item": 2, "file_size": 1024, "workers": 1, "parts": 0},
+        "steps": {
+            "incremental_export": {
+                "seconds": 0.05, "cpu_seconds": 0.03, "items_per_second": 40.0, "baseline": "copy",
+                "ratio_to_baseline": 0.0, "peak_rss_mb": 90.0, "queries_per_item": 16.5,
+            },
+        },
+        "incremental_export_method": "-", "backup_method": "-", "memory_method": "-", "memory_state": "settled",
+    }
+
+    row = figures_table(figures).splitlines()[3]
+
+    assert "0.00x copy" in row

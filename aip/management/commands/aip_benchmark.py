@@ -123,8 +123,10 @@ def figures_table(figures: dict) -> str:
         f"{'step':<20} {'seconds':>9} {'CPU s':>7} {'items/s':>9} {'ratio':>14} {'peak MB':>8} {'queries/item':>13}",
     ]
     for name, step in figures["steps"].items():
-        ratio = f"{step['ratio_to_baseline']:.2f}x {step['baseline']}" if step["ratio_to_baseline"] else "-"
-        items_per_second = f"{step['items_per_second']:.0f}" if step["items_per_second"] else "-"
+        ratio = "-"
+        if step["ratio_to_baseline"] is not None:
+            ratio = f"{step['ratio_to_baseline']:.2f}x {step['baseline']}"
+        items_per_second = f"{step['items_per_second']:.0f}" if step["items_per_second"] is not None else "-"
         lines.append(
             f"{name:<20} {step['seconds']:>9.2f} {step['cpu_seconds']:>7.2f} {items_per_second:>9} {ratio:>14} "
             f"{step['peak_rss_mb']:>8.0f} "
