@@ -99,7 +99,7 @@ class JobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                            "retry_of", "cancel_requested")}),
         ("Arguments", {"fields": ("handle", "parent_handle", "path", "options", "recursive", "keep_existing",
                                   "use_workflow")}),
-        ("Split export", {"fields": ("part_count", "parent", "parts_list", "item_count")}),
+        ("Split job", {"fields": ("part_count", "parent", "parts_list", "item_count")}),
         ("Progress", {"fields": ("progress", "created_at", "started_at", "finished_at", "heartbeat_at",
                                  "worker_name", "rq_job_id")}),
         ("Log", {"fields": ("log_text", "events_link")}),

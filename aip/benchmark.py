@@ -204,7 +204,7 @@ def _redis_scratch_check(redis_url: str) -> None:
         keys = _redis_connect(redis_url).dbsize()
     except redis.RedisError as error:
         raise BenchmarkError(
-            f"Redis at {redis_url} is not reachable: {error}. Start Redis or give another --redis-url."
+            f"Redis at {redis_url} is not reachable: {str(error).rstrip('.')}. Start Redis or give another --redis-url."
         ) from error
     if keys:
         raise BenchmarkError(
@@ -274,7 +274,15 @@ def _admin_connection(server: ScratchServer):
     import psycopg
 
     # The maintenance database "postgres", which initdb creates; the configured database may not exist yet.
-    return psycopg.connect(server.url("postgres"), autocommit=True)
+    try:
+        return psycopg.connect(server.url("postgres"), autocommit=True)
+    except psycopg.OperationalError as error:
+        where = f"{server.host or 'the local socket'}" + (f":{server.port}" if server.port else "")
+        reason = " ".join(str(error).split())
+        raise BenchmarkError(
+            f"PostgreSQL at {where} cannot be reached ({reason}). Start PostgreSQL, or set DATABASE_URL to a running "
+            "server."
+        ) from None
 
 
 def _database_create(server: ScratchServer, name: str, created: list[str], *, template: str | None = None) -> None:
@@ -303,7 +311,7 @@ def _database_drop(server: ScratchServer, name: str) -> None:
 
 # Children that queue or run the jobs of a split step; the others run their jobs in their own process.
 SPLIT_CHILD_STEPS = ("split_enqueue", "rq_worker", "split_outcome")
-# Children whose work is timed; rq_worker runs the jobs of a split export or restore.
+# Children whose work is timed. rq_worker runs the jobs of a split export or restore.
 MEASURED_STEPS = (
     "export", "incremental_export", "full_backup", "incremental_backup", "restore", "copy", "copy_md5", "rq_worker"
 )
@@ -331,10 +339,9 @@ class _ChildRunner:
         self.folder = folder
         self.profile_dir = profile_dir
         self.redis_url = redis_url
-        # How a measured step meets the memory it writes, on a virtual machine whose free pages go back
-        # to the hypervisor (see memory_warm): by default, each step waits until the memory freed
-        # before it is back there, so that every step and baseline writes into returned memory. With
-        # warm_memory, its children touch as much memory as its files take just before they start.
+        # A virtual machine gives freed pages back to its hypervisor (see memory_warm). By default each
+        # measured step waits until that has happened, so every step and baseline writes into returned
+        # memory. With warm_memory, a step's children touch as much memory as its files take instead.
         self.file_bytes = file_bytes
         self.warm_memory = warm_memory
 

@@ -96,7 +96,8 @@ def parts_hand_over(job: Job, recorder: _Recorder, batches: list[tuple[list, Job
     queued = [part for part in parts if part.state == Job.State.QUEUED]
     carried = len(parts) - len(queued)
     recorder.lines([
-        f"Split into {len(parts)} part job(s): {', '.join(str(part.pk) for part in parts) or 'none'}"
+        (f"Split into {len(parts)} part job(s): {', '.join(str(part.pk) for part in parts)}" if parts
+         else "No items are left to share among part jobs")
         + (f"; {carried} of them succeeded in job {job.retry_of_id} and are not run again" if carried else "")
     ])
     return HandOver(start=lambda: _parts_queue(job, queued))

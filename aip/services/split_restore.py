@@ -63,7 +63,10 @@ def restore_start(job: Job, recorder: _Recorder) -> HandOver:
         size=recorder.bytes_done,
         lines=[f"Restored by split job {job.pk} itself before its other parts started:", *report.lines()],
     )
-    recorder.lines([f"Restored the site, communities and collections; part job {containers.pk} records them."])
+    recorder.lines([
+        f"Restored {recorder.objects_done} package(s) other than the items that collections list; part job "
+        f"{containers.pk} records them."
+    ])
     return parts_hand_over(job, recorder, contiguous_batches(entries, job.part_count), handle=handle)
 
 

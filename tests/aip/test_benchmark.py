@@ -118,6 +118,18 @@ def test_benchmark_rejects_configured_database():
         call_command("aip_benchmark", items=1, scratch_name=configured, stdout=io.StringIO())
 
 
+def test_benchmark_names_unreachable_postgresql(settings, tmp_path):
+    settings.DATABASES = {"default": {**settings.DATABASES["default"], "HOST": "127.0.0.1", "PORT": "1"}}
+
+    work = tmp_path / "work"
+    work.mkdir()
+
+    with pytest.raises(CommandError, match="PostgreSQL at 127.0.0.1:1 cannot be reached .*Start PostgreSQL"):
+        call_command("aip_benchmark", items=1, work_dir=str(work), stdout=io.StringIO())
+
+    assert list(work.iterdir()) == []
+
+
 def test_benchmark_rejects_zero_items():
     with pytest.raises(CommandError, match="--items 0, .*Give at least 1 item"):
         call_command("aip_benchmark", items=0, scratch_name=f"aip_bench_zero_{os.getpid()}")

@@ -9,7 +9,10 @@ exported ones with one change to their mets.xml.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.utils import timezone as django_timezone
@@ -1321,3 +1325,26 @@ def test_updated_after_empty_rejected(admin, tmp_path):
     with pytest.raises(CommandError, match="Option updatedAfter must be an ISO-8601 date"):
         packager("-d", "-a", "-i", "123456789/0", "-o", "updatedAfter=", str(target))
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("database_url", "message"),
+    [
+        ("sqlite:///{tmp}/new.sqlite3", "lacks"),
+        ("postgres://postgres@127.0.0.1:1/aip_backup", "The database cannot be read"),
+    ],
+)
+def test_packager_database_not_ready(tmp_path, database_url, message):
+    env = dict(os.environ, DATABASE_URL=database_url.format(tmp=tmp_path), REDIS_URL="")
+    manage = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py")]
+
+    done = subprocess.run(
+        [*manage, "packager", "-d", "-t", "AIP", "-e", "admin@example.org", "-i", "123456789/0",
+         str(tmp_path / "SITE@123456789-0.zip")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "SITE@123456789-0.zip").exists()

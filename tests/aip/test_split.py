@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -313,6 +314,25 @@ def test_packager_parts_needs_background(demo, tmp_path):
         )
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["-d", "-a", "--parts", "1", "-i", SITE_HANDLE], "Invalid number of parts 1: give a number from 2 to"),
+        (["-d", "-a", "--parts", "-3", "-i", SITE_HANDLE], "Invalid number of parts -3: give a number from 2 to"),
+        (["-s", "-a", "--parts", "2", "-p", SITE_HANDLE], "a submit cannot be split into part jobs"),
+        (["-r", "--parts", "2"], "only applies to a recursive export or restore; add -a"),
+    ],
+)
+def test_packager_rejects_bad_parts(demo, tmp_path, arguments, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command(
+            "packager", "--background", "-t", "AIP", "-e", ADMIN_EMAIL, *arguments, str(tmp_path / SITE_PACKAGE),
+            stdout=StringIO(),
+        )
+
+    assert not Job.objects.exists()
+
+
 def test_packager_background_parts_queues_split(demo, tmp_path, queue, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         call_command(
@@ -412,7 +432,11 @@ def test_split_restore_matches_export(demo, tmp_path, queue, enqueue, bitstream_
     assert sum(len(part.batch) for part in parts) == exported_items().count()
     assert job.objects_done == sum(part.objects_done for part in parts)
     assert job.objects_done == len(package_bytes(path.parent))
-    assert f"Restored the site, communities and collections; part job {parts[0].pk} records them." in job.log
+    containers = parts[0].objects_done
+    assert (
+        f"Restored {containers} package(s) other than the items that collections list; part job {parts[0].pk} "
+        "records them."
+    ) in job.log
     assert "Split restore done: " in job.log
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aip.benchmark import BenchmarkError, Shape, benchmark_run, scratch_server
 
-# The tests of split exports use this database too; the benchmark rejects it while it contains keys.
+# No test uses this database; the benchmark still rejects it while it contains keys.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
@@ -43,7 +43,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--workers", type=int, default=1,
             help="RQ workers that run the export and the restore as split jobs, and processes that copy for the "
-            "baselines. With 1 and no --parts, the export and the restore each run in one process without RQ.",
+            "baselines (default 1). With 1 and no --parts, the export and the restore each run in one process "
+            "without RQ.",
         )
         parser.add_argument(
             "--parts", type=int,

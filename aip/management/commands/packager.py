@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
 
 from aip import selectors
 from aip.errors import AipError
@@ -15,6 +17,7 @@ from aip.services.export import object_export
 from aip.services.ingest import IngestReport, package_ingest
 from aip.services import locks
 from aip.services.jobs import job_create, job_enqueue, job_run
+from aip.services.split import MAX_PARTS
 from aip.services.verify import tree_verify, verify_validate_option
 from repository.models import EPerson
 from repository.permissions import is_administrator
@@ -76,6 +79,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         self.verbosity = options["verbosity"]
+        database_check()
         try:
             self._check_common(options)
             if options["verify"]:
@@ -87,13 +91,27 @@ class Command(BaseCommand):
         except AipError as error:
             raise CommandError(str(error)) from error
 
+    @staticmethod
+    def _check_parts(options: dict) -> None:
+        parts = options["parts"]
+        if not parts:
+            return
+        if not 2 <= parts <= MAX_PARTS:
+            raise CommandError(
+                f"Invalid number of parts {parts}: give a number from 2 to {MAX_PARTS}, or leave out --parts for one job."
+            )
+        if not (options["disseminate"] or options["restore"]):
+            raise CommandError(
+                f"--parts {parts}: a submit cannot be split into part jobs, because its items need the new handles "
+                "their collections get in the same job. Leave out --parts."
+            )
+        if not options["all"]:
+            raise CommandError(f"--parts {parts} only applies to a recursive export or restore; add -a.")
+
     def _check_common(self, options: dict) -> None:
         if options["type"].upper() != "AIP":
             raise CommandError(f"Package type {options['type']!r} is not supported; use -t AIP.")
-        if options["parts"] and not ((options["disseminate"] or options["restore"]) and options["all"]):
-            raise CommandError(
-                f"--parts {options['parts']} only applies to a recursive export or restore; add -d -a or -r -a."
-            )
+        self._check_parts(options)
         if options["parts"] and not options["background"]:
             raise CommandError(
                 f"--parts needs --background: the {options['parts']} part jobs run on RQ workers. Add --background, "
@@ -289,3 +307,20 @@ class _UnendedOutput:
 
     def flush(self) -> None:
         self.output.flush()
+
+
+def database_check() -> None:
+    """Raise ``CommandError`` when the database cannot be reached or lacks migrations, saying what to do."""
+    try:
+        executor = MigrationExecutor(connection)
+        unapplied = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as error:
+        reason = " ".join(str(error).split())
+        raise CommandError(
+            f"The database cannot be read ({reason}). Check DATABASE_URL and that the server is running."
+        ) from None
+    if unapplied:
+        raise CommandError(
+            f"The database {connection.settings_dict['NAME']} lacks {len(unapplied)} migration(s), starting with "
+            f"{unapplied[0][0]}. Run 'python manage.py migrate' first."
+        )
