@@ -10,7 +10,16 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from aip.benchmark import STEPS, BenchmarkError, memory_warm, peak_rss_mb, scratch_server
+from aip.benchmark import (
+    STEPS,
+    BenchmarkError,
+    ScratchServer,
+    Shape,
+    benchmark_run,
+    memory_warm,
+    peak_rss_mb,
+    scratch_server,
+)
 from aip.management.commands.aip_benchmark import figures_table
 
 ITEMS = 20
@@ -118,14 +127,14 @@ def test_benchmark_rejects_configured_database():
         call_command("aip_benchmark", items=1, scratch_name=configured, stdout=io.StringIO())
 
 
-def test_benchmark_names_unreachable_postgresql(settings, tmp_path):
-    settings.DATABASES = {"default": {**settings.DATABASES["default"], "HOST": "127.0.0.1", "PORT": "1"}}
-
+def test_benchmark_names_unreachable_postgresql(tmp_path):
+    server = ScratchServer(host="127.0.0.1", port="1", user="postgres", password="", configured_name="aip_backup")
     work = tmp_path / "work"
     work.mkdir()
 
-    with pytest.raises(CommandError, match="PostgreSQL at 127.0.0.1:1 cannot be reached .*Start PostgreSQL"):
-        call_command("aip_benchmark", items=1, work_dir=str(work), stdout=io.StringIO())
+    with pytest.raises(BenchmarkError, match="PostgreSQL at 127.0.0.1:1 cannot be reached .*Start PostgreSQL"):
+        benchmark_run(Shape(items=1, files_per_item=1, file_size=1), server=server, scratch_name="aip_bench_gone",
+                      work_dir=work)
 
     assert list(work.iterdir()) == []
 
