@@ -145,14 +145,19 @@ def benchmark_run(
     ``redis_url`` names the scratch Redis database of the split jobs (``shape.parts``).
     ``warm_memory`` chooses how each step meets the memory it writes (see ``_ChildRunner``).
     """
+    from aip.services.split import MAX_PARTS
+
     if shape.items < 1 or shape.files_per_item < 0 or shape.file_size < 0 or shape.workers < 1:
         raise BenchmarkError(
             f"Invalid benchmark shape: --items {shape.items}, --files {shape.files_per_item}, --file-size "
             f"{shape.file_size}, --workers {shape.workers}. Give at least 1 item and 1 worker, and no negative "
             "number of files or size."
         )
-    if shape.parts == 1 or shape.parts < 0:
-        raise BenchmarkError(f"Invalid number of parts {shape.parts}: give 2 or more for a split export, or 0.")
+    if shape.parts == 1 or not 0 <= shape.parts <= MAX_PARTS:
+        raise BenchmarkError(
+            f"Invalid number of parts {shape.parts}: give a number from 2 to {MAX_PARTS} for a split export and "
+            "restore, or 0 for none."
+        )
     if shape.parts:
         _redis_scratch_check(redis_url)
     folder = Path(tempfile.mkdtemp(prefix="aip-benchmark-", dir=work_dir))

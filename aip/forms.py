@@ -182,8 +182,8 @@ class RestoreForm(forms.Form):
     )
     parts = parts_field(
         "Restore or replace with all child packages only. The job first restores the site, communities and "
-        "collections, then that many part jobs restore the items at once, each all-or-nothing; a failed part can "
-        "be retried alone. Empty runs one job, all-or-nothing as a whole."
+        "collections, then that many part jobs restore the items at once, each all-or-nothing; a retry of the job "
+        "runs again only the parts that failed. Empty runs one job, all-or-nothing as a whole."
     )
 
     def __init__(self, *args, package_names: list[str], modes: list[str], **kwargs):

@@ -139,6 +139,12 @@ def test_benchmark_names_unreachable_postgresql(tmp_path):
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("parts", [1, -2, 1001])
+def test_benchmark_rejects_invalid_parts(parts):
+    with pytest.raises(CommandError, match=f"Invalid number of parts {parts}: give a number from 2 to 1000"):
+        call_command("aip_benchmark", items=1, parts=parts, scratch_name=f"aip_bench_parts_{os.getpid()}")
+
+
 def test_benchmark_rejects_zero_items():
     with pytest.raises(CommandError, match="--items 0, .*Give at least 1 item"):
         call_command("aip_benchmark", items=0, scratch_name=f"aip_bench_zero_{os.getpid()}")

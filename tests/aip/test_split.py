@@ -321,6 +321,7 @@ def test_packager_parts_needs_background(demo, tmp_path):
         (["-d", "-a", "--parts", "-3", "-i", SITE_HANDLE], "Invalid number of parts -3: give a number from 2 to"),
         (["-s", "-a", "--parts", "2", "-p", SITE_HANDLE], "a submit cannot be split into part jobs"),
         (["-r", "--parts", "2"], "only applies to a recursive export or restore; add -a"),
+        (["--verify", "-a", "--parts", "2"], "applies to an export or restore, not to --verify"),
     ],
 )
 def test_packager_rejects_bad_parts(demo, tmp_path, arguments, message):

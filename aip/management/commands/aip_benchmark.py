@@ -29,9 +29,10 @@ class Command(BaseCommand):
     help = (
         "Generate a repository of the given shape in a scratch PostgreSQL database (created and dropped on the "
         "server of DATABASE_URL; the configured database is never touched) and a scratch folder, then measure a "
-        "full-site export, an export of unchanged items (updatedAfter), a restore into an empty database, and "
-        "copying the same files with and without MD5. Prints time, items per second, ratio to the copy baseline, "
-        "peak memory and SQL queries per item of each step. Needs free disk of about 5 times items x files x size."
+        "full-site export, an export of unchanged items (updatedAfter), a full and an incremental backup job, a "
+        "restore into an empty database, and copying the same files with and without MD5. Prints time, items per "
+        "second, ratio to the step's baseline (a copy, or the export for the backups), peak memory and SQL queries "
+        "per item of each step. Needs free disk of about 5 times items x files x size."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -48,7 +49,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--parts", type=int,
-            help="Part jobs of the split export and restore (default: twice --workers, or none with one worker).",
+            help="Part jobs of the split export and restore, from 2 to 1000, or 0 for no split (default: twice "
+            "--workers, or 0 with one worker).",
         )
         parser.add_argument(
             "--redis-url", default=DEFAULT_REDIS_URL,
@@ -57,7 +59,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--scratch-name", default=f"aip_bench_{os.getpid()}",
-            help="Name of the scratch database; the restore uses <name>_restore. Both are dropped at the end.",
+            help="Name of the scratch database (default aip_bench_<process id>); the restore uses <name>_restore. "
+            "Both are dropped at the end.",
         )
         parser.add_argument("--work-dir", help="Folder for the scratch files (default: the system temporary folder).")
         parser.add_argument("--profile", help="Folder to write a cProfile file per step into (<step>-<worker>.prof).")

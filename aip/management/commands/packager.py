@@ -100,6 +100,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Invalid number of parts {parts}: give a number from 2 to {MAX_PARTS}, or leave out --parts for one job."
             )
+        if options["verify"]:
+            raise CommandError(f"--parts {parts} applies to an export or restore, not to --verify. Leave out --parts.")
         if not (options["disseminate"] or options["restore"]):
             raise CommandError(
                 f"--parts {parts}: a submit cannot be split into part jobs, because its items need the new handles "
