@@ -3,13 +3,18 @@ and helpers that run the packager command and snapshot what a run wrote."""
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import django_rq
 import pytest
+import redis
 from django.core.management import call_command
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 
+from aip.services.jobs import job_enqueue
 from repository.demo import demo_repository_build
 from repository.models import (
     Bitstream,
@@ -155,3 +160,39 @@ class BurstWorker(SimpleWorker):
 
     def subscribe(self) -> None:
         self.pubsub_thread = None
+
+
+@contextmanager
+def rq_default_queue(settings, url: str) -> Iterator[Queue]:
+    """Point REDIS_URL and the RQ "default" queue at ``url``, and yield that queue with its database emptied.
+
+    The database is emptied again afterwards. Each test file that needs RQ passes a Redis
+    database of its own, so that pytest-xdist processes do not share queues.
+    """
+    settings.REDIS_URL = url
+    settings.RQ_QUEUES = {"default": {"URL": url, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
+    queue = django_rq.get_queue("default")
+    try:
+        queue.connection.flushdb()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis at {url} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
+    try:
+        yield queue
+    finally:
+        queue.connection.flushdb()
+
+
+@pytest.fixture
+def enqueue(django_capture_on_commit_callbacks):
+    """Enqueue a job as after a commit: django-rq defers enqueues inside a transaction, and each test is one."""
+
+    def enqueue(job):
+        with django_capture_on_commit_callbacks(execute=True):
+            return job_enqueue(job)
+
+    return enqueue
+
+
+def work(queue: Queue) -> None:
+    """Run every job of ``queue`` in this process, then return."""
+    BurstWorker([queue], connection=queue.connection).work(burst=True)

@@ -11,9 +11,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import django_rq
 import pytest
-import redis
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -27,7 +25,7 @@ from aip.admin_views import upload_file_name
 from aip.models import Job
 from aip.services.jobs import job_create
 from repository.models import Bitstream, Collection, Community, EPerson, Group, Item, Site
-from tests.aip.conftest import ADMIN_EMAIL, packager
+from tests.aip.conftest import ADMIN_EMAIL, packager, rq_default_queue
 
 SITE_HANDLE = "123456789/0"
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
@@ -697,15 +695,8 @@ def test_cancel_queued_job(admin_client, admin, aips):
 @pytest.fixture
 def redis_queue(settings, aips):
     """The RQ "default" queue on Redis database 13, empty before and after the test; it replaces the in-process runs."""
-    settings.REDIS_URL = REDIS_TEST_URL
-    settings.RQ_QUEUES = {"default": {"URL": REDIS_TEST_URL, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
-    queue = django_rq.get_queue("default")
-    try:
-        queue.connection.flushdb()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_TEST_URL} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
-    yield queue
-    queue.connection.flushdb()
+    with rq_default_queue(settings, REDIS_TEST_URL) as queue:
+        yield queue
 
 
 @pytest.mark.django_db

@@ -7,9 +7,7 @@ import time
 from datetime import timedelta
 from io import StringIO
 
-import django_rq
 import pytest
-import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
@@ -18,7 +16,7 @@ from django.utils import timezone
 from aip.errors import AipError, InvalidOptionError
 from aip.models import Job
 from aip.services.jobs import job_create, job_enqueue, job_retry, job_run, jobs_reap
-from tests.aip.conftest import ADMIN_EMAIL, BurstWorker, export_site
+from tests.aip.conftest import ADMIN_EMAIL, export_site, rq_default_queue, work
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 SITE_HANDLE = "123456789/0"
@@ -27,30 +25,8 @@ SITE_HANDLE = "123456789/0"
 @pytest.fixture
 def queue(settings):
     """The RQ "default" queue on Redis database 15, empty before and after the test."""
-    settings.REDIS_URL = REDIS_TEST_URL
-    settings.RQ_QUEUES = {"default": {"URL": REDIS_TEST_URL, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
-    queue = django_rq.get_queue("default")
-    try:
-        queue.connection.flushdb()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_TEST_URL} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
-    yield queue
-    queue.connection.flushdb()
-
-
-@pytest.fixture
-def enqueue(django_capture_on_commit_callbacks):
-    """Enqueue a job as after a commit: django-rq defers enqueues inside a transaction, and each test is one."""
-
-    def enqueue(job: Job) -> Job:
-        with django_capture_on_commit_callbacks(execute=True):
-            return job_enqueue(job)
-
-    return enqueue
-
-
-def work(queue) -> None:
-    BurstWorker([queue], connection=queue.connection).work(burst=True)
+    with rq_default_queue(settings, REDIS_TEST_URL) as queue:
+        yield queue
 
 
 def site_export_job(folder, **arguments) -> Job:

@@ -5,9 +5,7 @@ import threading
 import time
 from io import StringIO
 
-import django_rq
 import pytest
-import redis
 from django.core.management import call_command
 from django.db import connection
 
@@ -25,6 +23,7 @@ from tests.aip.conftest import (
     database_snapshot,
     export_site,
     repository_wipe,
+    rq_default_queue,
     stored_files,
 )
 
@@ -124,22 +123,18 @@ def test_cancel_finished_job_rejected(demo, tmp_path):
 
 
 def test_cancel_queued_job_removes_it_from_redis(demo, tmp_path, settings, django_capture_on_commit_callbacks):
-    settings.REDIS_URL = REDIS_TEST_URL
-    settings.RQ_QUEUES = {"default": {"URL": REDIS_TEST_URL, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
-    queue = django_rq.get_queue("default")
-    try:
-        queue.connection.flushdb()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_TEST_URL} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
-    job = job_create(kind=Job.Kind.EXPORT, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, path=tmp_path / SITE_PACKAGE)
-    with django_capture_on_commit_callbacks(execute=True):
-        job = job_enqueue(job)
-    assert queue.count == 1
+    with rq_default_queue(settings, REDIS_TEST_URL) as queue:
+        job = job_create(
+            kind=Job.Kind.EXPORT, eperson_email=ADMIN_EMAIL, handle=SITE_HANDLE, path=tmp_path / SITE_PACKAGE
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            job = job_enqueue(job)
+        queued = queue.count
 
-    job_cancel(job)
+        job_cancel(job)
 
-    assert queue.count == 0
-    queue.connection.flushdb()
+        assert queued == 1
+        assert queue.count == 0
 
 
 @pytest.mark.django_db(transaction=True)

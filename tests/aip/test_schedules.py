@@ -7,7 +7,6 @@ from io import StringIO
 
 import django_rq
 import pytest
-import redis
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -33,7 +32,7 @@ from aip.services.schedules import (
     schedule_save,
     schedules_tick,
 )
-from tests.aip.conftest import ADMIN_EMAIL, BurstWorker
+from tests.aip.conftest import ADMIN_EMAIL, BurstWorker, rq_default_queue
 from tests.aip.test_backups import storage_folder
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
@@ -49,15 +48,8 @@ def aips(tmp_path):
 @pytest.fixture
 def redis12(settings):
     """REDIS_URL and the "default" queue on Redis database 12, empty before and after the test."""
-    settings.REDIS_URL = REDIS_TEST_URL
-    settings.RQ_QUEUES = {"default": {"URL": REDIS_TEST_URL, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
-    connection_ = django_rq.get_connection("default")
-    try:
-        connection_.flushdb()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_TEST_URL} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
-    yield connection_
-    connection_.flushdb()
+    with rq_default_queue(settings, REDIS_TEST_URL) as queue:
+        yield queue.connection
 
 
 def schedule_make(name: str = "site", **fields) -> BackupSchedule:

@@ -11,9 +11,7 @@ from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
-import django_rq
 import pytest
-import redis
 from django.conf import settings as settings_module
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -41,6 +39,8 @@ from tests.aip.conftest import (
     export_site,
     package_bytes,
     repository_wipe,
+    rq_default_queue,
+    work,
 )
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/10"
@@ -51,30 +51,8 @@ SITE_PACKAGE = "SITE@123456789-0.zip"
 @pytest.fixture
 def queue(settings):
     """The RQ "default" queue on Redis database 10, empty before and after the test."""
-    settings.REDIS_URL = REDIS_TEST_URL
-    settings.RQ_QUEUES = {"default": {"URL": REDIS_TEST_URL, "DEFAULT_TIMEOUT": 3600, "ASYNC": True}}
-    queue = django_rq.get_queue("default")
-    try:
-        queue.connection.flushdb()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis at {REDIS_TEST_URL} is not reachable ({error}); start Redis on 127.0.0.1:6379.")
-    yield queue
-    queue.connection.flushdb()
-
-
-@pytest.fixture
-def enqueue(django_capture_on_commit_callbacks):
-    """Enqueue a job as after a commit: django-rq defers enqueues inside a transaction, and each test is one."""
-
-    def enqueue(job: Job) -> Job:
-        with django_capture_on_commit_callbacks(execute=True):
-            return job_enqueue(job)
-
-    return enqueue
-
-
-def work(queue) -> None:
-    BurstWorker([queue], connection=queue.connection).work(burst=True)
+    with rq_default_queue(settings, REDIS_TEST_URL) as queue:
+        yield queue
 
 
 def split_job(folder: Path, parts: int = 3, **arguments) -> Job:
