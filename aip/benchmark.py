@@ -227,14 +227,18 @@ def _redis_flush(redis_url: str) -> None:
         print(f"The scratch Redis database {redis_url} was not flushed: {error}", file=sys.stderr)
 
 
+def _tree_step_run(child: _ChildRunner, shape: Shape, step: str, what: str, *, database: str, report) -> dict:
+    """Measure ``step`` (export or restore) as split jobs on RQ when ``shape`` has parts, else in one process."""
+    if not shape.parts:
+        report(f"Measuring {what}")
+        return child.run(step, database=database)
+    report(f"Measuring {what}, split into {shape.parts} part jobs run by {shape.workers} RQ worker(s)")
+    return child.run_split(step, database=database, workers=shape.workers, parts=shape.parts)
+
+
 def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report, steps: dict[str, dict]) -> None:
     """Run the measured steps in order, adding each one's figures to ``steps`` as it ends."""
-    if shape.parts:
-        report(f"Measuring the full export split into {shape.parts} part jobs, run by {shape.workers} RQ worker(s)")
-        steps["export"] = child.run_split("export", database=source, workers=shape.workers, parts=shape.parts)
-    else:
-        report("Measuring the full export")
-        steps["export"] = child.run("export", database=source)
+    steps["export"] = _tree_step_run(child, shape, "export", "the full export", database=source, report=report)
     report("Measuring the incremental export")
     steps["incremental_export"] = child.run(
         "incremental_export", database=source, updated_after=steps["export"]["started_at"]
@@ -242,12 +246,9 @@ def _measure(child: _ChildRunner, shape: Shape, source: str, target: str, report
     report("Measuring a full backup, then an incremental backup with nothing changed")
     steps["full_backup"] = child.run("full_backup", database=source)
     steps["incremental_backup"] = child.run("incremental_backup", database=source)
-    if shape.parts:
-        report(f"Measuring the restore split into {shape.parts} part jobs, run by {shape.workers} RQ worker(s)")
-        steps["restore"] = child.run_split("restore", database=target, workers=shape.workers, parts=shape.parts)
-    else:
-        report("Measuring the restore into the empty database")
-        steps["restore"] = child.run("restore", database=target)
+    steps["restore"] = _tree_step_run(
+        child, shape, "restore", "the restore into the empty database", database=target, report=report
+    )
     report("Measuring the file copy baselines")
     for step in ("copy", "copy_md5"):
         steps[step] = child.run_parallel(step, database=source, workers=shape.workers)
