@@ -227,12 +227,14 @@ def _redis_flush(redis_url: str) -> None:
         print(f"The scratch Redis database {redis_url} was not flushed: {error}", file=sys.stderr)
 
 
-def _tree_step_run(child: _ChildRunner, shape: Shape, step: str, what: str, *, database: str, report) -> dict:
+def _tree_step_run(
+    child: _ChildRunner, shape: Shape, step: str, description: str, *, database: str, report
+) -> dict:
     """Measure ``step`` (export or restore) as split jobs on RQ when ``shape`` has parts, else in one process."""
     if not shape.parts:
-        report(f"Measuring {what}")
+        report(f"Measuring {description}")
         return child.run(step, database=database)
-    report(f"Measuring {what}, split into {shape.parts} part jobs run by {shape.workers} RQ worker(s)")
+    report(f"Measuring {description}, split into {shape.parts} part jobs run by {shape.workers} RQ worker(s)")
     return child.run_split(step, database=database, workers=shape.workers, parts=shape.parts)
 
 

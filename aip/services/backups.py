@@ -312,6 +312,8 @@ def _backup_verify(backup: Backup, job: Job, storage: Storage, contents: _Conten
 
 def _index_check(folder: Path, contents: _Contents) -> tuple[list[str], list[str]]:
     """Compare each package's MD5 and size with the index written for it; return the problems and the matching names."""
+    # NOTE: copies are read too, so that damage in the backup they were linked from is found. With
+    # large files this makes an incremental backup an MD5 pass over the whole backup.
     problems = []
     matching = []
     for name, entry in contents.packages.items():

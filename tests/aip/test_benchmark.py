@@ -59,7 +59,7 @@ def test_benchmark_memory_settles_by_default(figures):
     assert figures["memory_state"] == "settled"
 
 
-def test_memory_warm_leaves_peak_memory_as_it_was():
+def test_memory_warm_resets_peak():
     before = peak_rss_mb()
 
     memory_warm(300 * 1024 * 1024)
@@ -169,7 +169,7 @@ def test_benchmark_keeps_existing_scratch_database():
             connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def test_table_shows_ratio_below_one_hundredth():
+def test_table_shows_tiny_ratio():
     figures = {
         "shape": {"items": 2, "files_per_item": 2, "file_size": 1024, "workers": 1, "parts": 0},
         "steps": {

@@ -298,7 +298,7 @@ def test_packager_parts_needs_background(demo, tmp_path):
         (["-d", "-a", "--parts", "1", "-i", SITE_HANDLE], "Invalid number of parts 1: give a number from 2 to"),
         (["-d", "-a", "--parts", "-3", "-i", SITE_HANDLE], "Invalid number of parts -3: give a number from 2 to"),
         (["-s", "-a", "--parts", "2", "-p", SITE_HANDLE], "a submit cannot be split into part jobs"),
-        (["-r", "--parts", "2"], "only applies to a recursive export or restore; add -a"),
+        (["-r", "--parts", "2"], "only applies to a recursive export or restore. Add -a."),
         (["--verify", "-a", "--parts", "2"], "applies to an export or restore, not to --verify"),
     ],
 )

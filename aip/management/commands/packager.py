@@ -108,7 +108,7 @@ class Command(BaseCommand):
                 "their collections get in the same job. Leave out --parts."
             )
         if not options["all"]:
-            raise CommandError(f"--parts {parts} only applies to a recursive export or restore; add -a.")
+            raise CommandError(f"--parts {parts} only applies to a recursive export or restore. Add -a.")
 
     def _check_common(self, options: dict) -> None:
         if options["type"].upper() != "AIP":
